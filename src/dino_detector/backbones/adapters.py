@@ -1,0 +1,53 @@
+"""How the backbone trains: frozen, LoRA adapters (peft) or fully fine-tuned."""
+from __future__ import annotations
+
+import logging
+import re
+
+from torch import nn
+
+log = logging.getLogger(__name__)
+BACKBONE_MODES = ("auto", "frozen", "lora", "full")
+
+
+def resolve_backbone_mode(mode: str, pretrained: bool, dino_model: str) -> str:
+    """'auto' adapts pretrained weights with LoRA; random weights (tiny, --no_pretrained) are trained fully,
+    since low-rank updates of random features cannot learn a useful representation."""
+    if mode not in BACKBONE_MODES:
+        raise ValueError(f"backbone_mode must be one of {BACKBONE_MODES}, got '{mode}'")
+    if mode != "auto":
+        return mode
+    return "lora" if pretrained and dino_model != "tiny" else "full"
+
+
+def lora_target_regex(block_prefix: str, num_blocks: int, modules: list[str], last_n_blocks: int) -> str:
+    """A peft target regex for ``modules`` inside the last ``last_n_blocks`` blocks (0: all blocks)."""
+    first = 0 if last_n_blocks <= 0 else max(0, num_blocks - last_n_blocks)
+    blocks = "|".join(str(i) for i in range(first, num_blocks))
+    names = "|".join(modules)
+    prefix = re.escape(block_prefix)
+    return rf".*{prefix}\.({blocks})\..*({names})$"
+
+
+def apply_backbone_mode(backbone: nn.Module, mode: str, rank: int, alpha: int, dropout: float,
+                        target_modules: list[str], last_n_blocks: int) -> None:
+    """Freeze / wrap with LoRA / leave trainable, in place on ``backbone.vit``."""
+    if mode == "full":
+        return
+    for p in backbone.vit.parameters():
+        p.requires_grad_(False)
+    if mode == "frozen":
+        return
+    from peft import LoraConfig, inject_adapter_in_model
+
+    regex = lora_target_regex(backbone.block_prefix(), backbone.vit.config.num_hidden_layers,
+                              list(target_modules), last_n_blocks)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=regex, bias="none")
+    backbone.vit = inject_adapter_in_model(config, backbone.vit)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

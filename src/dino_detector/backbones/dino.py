@@ -1,0 +1,160 @@
+"""DINOv2 / DINOv2-with-registers / DINOv3 ViT backbones through ``transformers``.
+
+The architecture table lets ``pretrained=False`` build any official variant offline with random weights;
+``pretrained=True`` loads a hub id or a local folder (``save_pretrained`` layout) and fails early with one
+clear message when neither can be reached.
+
+Inputs of any H x W work: each image is padded with zeros (after normalisation, i.e. the mean colour) to
+the next multiple of the patch size, and images of different sizes are run through the ViT separately so
+that no image ever attends to another image's padding. The output is a padded feature map plus a mask.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# name -> (family, config kwargs). Values follow the official releases' config.json files.
+ARCHITECTURES: dict[str, tuple[str, dict]] = {
+    "tiny": ("dinov2", dict(hidden_size=192, num_hidden_layers=6, num_attention_heads=3, mlp_ratio=4)),
+    "facebook/dinov2-small": ("dinov2", dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6)),
+    "facebook/dinov2-base": ("dinov2", dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12)),
+    "facebook/dinov2-large": ("dinov2", dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16)),
+    "facebook/dinov2-giant": ("dinov2", dict(hidden_size=1536, num_hidden_layers=40, num_attention_heads=24,
+                                             use_swiglu_ffn=True)),
+    "facebook/dinov2-with-registers-small": ("dinov2_reg", dict(hidden_size=384, num_hidden_layers=12,
+                                                                num_attention_heads=6)),
+    "facebook/dinov2-with-registers-base": ("dinov2_reg", dict(hidden_size=768, num_hidden_layers=12,
+                                                               num_attention_heads=12)),
+    "facebook/dinov2-with-registers-large": ("dinov2_reg", dict(hidden_size=1024, num_hidden_layers=24,
+                                                                num_attention_heads=16)),
+    "facebook/dinov2-with-registers-giant": ("dinov2_reg", dict(hidden_size=1536, num_hidden_layers=40,
+                                                                num_attention_heads=24, use_swiglu_ffn=True)),
+    "facebook/dinov3-vits16-pretrain-lvd1689m": ("dinov3", dict(hidden_size=384, num_hidden_layers=12,
+                                                                num_attention_heads=6, intermediate_size=1536)),
+    "facebook/dinov3-vits16plus-pretrain-lvd1689m": ("dinov3", dict(hidden_size=384, num_hidden_layers=12,
+                                                                    num_attention_heads=6, intermediate_size=1536,
+                                                                    use_gated_mlp=True, hidden_act="silu")),
+    "facebook/dinov3-vitb16-pretrain-lvd1689m": ("dinov3", dict(hidden_size=768, num_hidden_layers=12,
+                                                                num_attention_heads=12, intermediate_size=3072)),
+    "facebook/dinov3-vitl16-pretrain-lvd1689m": ("dinov3", dict(hidden_size=1024, num_hidden_layers=24,
+                                                                num_attention_heads=16, intermediate_size=4096)),
+    "facebook/dinov3-vith16plus-pretrain-lvd1689m": ("dinov3", dict(hidden_size=1280, num_hidden_layers=32,
+                                                                    num_attention_heads=20, intermediate_size=5120,
+                                                                    use_gated_mlp=True, hidden_act="silu")),
+    "facebook/dinov3-vit7b16-pretrain-lvd1689m": ("dinov3", dict(hidden_size=4096, num_hidden_layers=40,
+                                                                 num_attention_heads=32, intermediate_size=8192,
+                                                                 use_gated_mlp=True, hidden_act="silu",
+                                                                 query_bias=False, value_bias=False,
+                                                                 proj_bias=False)),
+}
+_FAMILY_DEFAULTS = {
+    "dinov2": dict(patch_size=14, image_size=518, layerscale_value=1.0),
+    "dinov2_reg": dict(patch_size=14, image_size=518, layerscale_value=1.0, num_register_tokens=4),
+    "dinov3": dict(patch_size=16, image_size=224, num_register_tokens=4, layerscale_value=1.0,
+                   key_bias=False, layer_norm_eps=1e-5, rope_theta=100.0, pos_embed_rescale=2.0),
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class PretrainedUnavailableError(RuntimeError):
+    """Raised before any work when pretrained weights were asked for and cannot be reached."""
+
+
+def _classes(family: str):
+    import transformers as tf
+    return {
+        "dinov2": (tf.Dinov2Config, tf.Dinov2Model),
+        "dinov2_reg": (tf.Dinov2WithRegistersConfig, tf.Dinov2WithRegistersModel),
+        "dinov3": (tf.DINOv3ViTConfig, tf.DINOv3ViTModel),
+    }[family]
+
+
+def architecture_config(name: str):
+    """The transformers config of a known variant, built offline."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown backbone '{name}'; offline architectures: {', '.join(ARCHITECTURES)}")
+    family, kwargs = ARCHITECTURES[name]
+    config_cls, _ = _classes(family)
+    return config_cls(**{**_FAMILY_DEFAULTS[family], **kwargs})
+
+
+def load_vit(name: str, pretrained: bool) -> nn.Module:
+    """A transformers ViT for ``name``: random weights from the table, or pretrained from hub/folder."""
+    if not pretrained or name == "tiny":
+        if os.path.isdir(name) and name not in ARCHITECTURES:  # a local model folder: its own config.json
+            from transformers import AutoConfig, AutoModel
+            return AutoModel.from_config(AutoConfig.from_pretrained(name))
+        config = architecture_config(name)
+        return _classes(ARCHITECTURES[name][0])[1](config)
+    from transformers import AutoModel
+    try:
+        if os.path.isdir(name):
+            return AutoModel.from_pretrained(name)
+        try:  # the local Hugging Face cache first: no network round trip when it is there
+            return AutoModel.from_pretrained(name, local_files_only=True)
+        except OSError:
+            if _offline():
+                raise
+            return AutoModel.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise PretrainedUnavailableError(
+            f"cannot load pretrained backbone '{name}': neither the Hugging Face hub nor a local copy is "
+            f"reachable ({type(err).__name__}). Ways out: pass a local folder with the model "
+            f"(--dino_model /path/to/{name.split('/')[-1]}), train from random weights with --no_pretrained, "
+            f"or use the small offline backbone --dino_model tiny."
+        ) from None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+
+
+@dataclass
+class FeatureMap:
+    """Backbone output. tensor [B, C, Hf, Wf]; mask [B, Hf, Wf] True on padding; image_sizes (h, w) pixels."""
+    tensor: torch.Tensor
+    mask: torch.Tensor
+    image_sizes: list
+
+
+class DinoBackbone(nn.Module):
+    """Wraps a transformers DINO ViT; returns the last layer's patch tokens as a feature map."""
+
+    def __init__(self, name: str = "tiny", pretrained: bool = False):
+        super().__init__()
+        self.name = name
+        self.vit = load_vit(name, pretrained)
+        cfg = self.vit.config
+        self.patch_size = cfg.patch_size
+        self.num_channels = cfg.hidden_size
+        self.num_prefix_tokens = 1 + getattr(cfg, "num_register_tokens", 0)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
+
+    def block_prefix(self) -> str:
+        """Module path of the transformer blocks (differs between DINOv2 and DINOv3)."""
+        return "model.layer" if hasattr(self.vit, "model") else "encoder.layer"
+
+    def forward(self, images: list[torch.Tensor]) -> FeatureMap:
+        """images: list of [3, h_i, w_i] float tensors in [0, 1] (any sizes)."""
+        p = self.patch_size
+        grids = [(-(-im.shape[-2] // p), -(-im.shape[-1] // p)) for im in images]
+        hf, wf = max(g[0] for g in grids), max(g[1] for g in grids)
+        out = images[0].new_zeros(len(images), self.num_channels, hf, wf)
+        mask = torch.ones(len(images), hf, wf, dtype=torch.bool, device=images[0].device)
+        # Images with the same padded size share one ViT call; different sizes never share attention.
+        groups: dict[tuple, list[int]] = {}
+        for i, g in enumerate(grids):
+            groups.setdefault((g, tuple(images[i].shape[-2:])), []).append(i)
+        for ((gh, gw), _), idx in groups.items():
+            batch = torch.stack([(images[i] - self.mean) / self.std for i in idx])
+            batch = nn.functional.pad(batch, (0, gw * p - batch.shape[-1], 0, gh * p - batch.shape[-2]))
+            tokens = self.vit(pixel_values=batch).last_hidden_state[:, self.num_prefix_tokens:]
+            fmap = tokens.transpose(1, 2).reshape(len(idx), self.num_channels, gh, gw)
+            out[idx, :, :gh, :gw] = fmap.to(out.dtype)
+            mask[idx, :gh, :gw] = False
+        return FeatureMap(out, mask, [tuple(im.shape[-2:]) for im in images])

@@ -1,0 +1,211 @@
+"""One typed configuration object behind the CLI, YAML files and the Python API.
+
+``Config`` holds four sections (model, data, train, loss). Every field name is unique across the
+sections, so a command-line flag ``--lr`` or a flat override ``{"lr": 1e-4}`` names exactly one field.
+Precedence, lowest first: dataclass defaults < preset < YAML file (``--config``) < command-line flags.
+The resolved configuration is written to ``config.yaml`` in every run's output folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    dino_model: str = "facebook/dinov2-base"  # hub id, local folder (save_pretrained layout) or "tiny"
+    pretrained: bool = True  # False builds the architecture offline with random weights
+    backbone_mode: str = "auto"  # auto | frozen | lora | full ("auto": lora if pretrained, else full)
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list = field(default_factory=lambda: ["q_proj", "v_proj"])
+    lora_last_n_blocks: int = 0  # 0: adapters on every block
+    num_classes: int = 0  # 0: taken from the training annotations
+    hidden_dim: int = 256
+    num_queries: int = 100
+    encoder_layers: int = 1
+    decoder_layers: int = 6
+    num_heads: int = 8
+    dim_feedforward: int = 1024
+    dropout: float = 0.0
+    attention: str = "deformable"  # deformable | standard
+    num_points: int = 4  # sampling points per head and level (deformable)
+    box_refine: bool = True
+    aux_loss: bool = True
+    box_mlp_layers: int = 3
+
+
+@dataclass
+class DataConfig:
+    train_images: Optional[str] = None
+    train_annotations: Optional[str] = None
+    val_images: Optional[str] = None
+    val_annotations: Optional[str] = None
+    testdev_images: Optional[str] = None
+    data_format: str = "auto"  # auto | coco (VOC / YOLO import arrive with the data issue)
+    image_size: int = 0  # >0: longer side resized to this, aspect kept (overrides min/max size)
+    min_size: int = 800  # shorter side (DETR recipe) when image_size is 0
+    max_size: int = 1333
+    hflip_prob: float = 0.5
+    color_jitter: float = 0.2  # brightness / contrast / saturation strength; 0 disables
+    num_workers: int = -1  # -1: 0 on small CPU-only machines, else up to 8
+    debug_samples: int = 32
+    test_mini: bool = False
+    test_mini_size: int = 30
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "outputs"
+    checkpoint: Optional[str] = None
+    skip_checkpoint_load: bool = False
+    only_evaluate: bool = False
+    debug: bool = False
+    debug_lr: float = 5e-4
+    debug_epochs: int = 100
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 1e-4
+    lr_backbone: float = 0.0  # backbone / LoRA lr; 0: lr for random-init backbones, lr/10 for pretrained
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.1
+    lr_drop_epoch: int = 0  # 0: at two thirds of the epochs
+    lr_drop_factor: float = 0.1
+    grad_accum_steps: int = 1
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = False
+    time_budget_min: float = 0.0  # >0: stop training after this many minutes, then evaluate
+    checkpoint_every: int = 10
+    eval_every: int = 5
+    score_threshold: float = 0.5  # for precision / recall style metrics
+    log_frequency: int = 10
+    experiment_name: str = "dino_detector"
+    log_dir: Optional[str] = None
+
+
+@dataclass
+class LossConfig:
+    cls_loss_coef: float = 2.0
+    bbox_loss_coef: float = 5.0
+    giou_loss_coef: float = 2.0
+    set_cost_class: float = 2.0
+    set_cost_bbox: float = 5.0
+    set_cost_giou: float = 2.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "loss": LossConfig}
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    preset: str = "standard"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        cfg = cls()
+        cfg.update(d)
+        return cfg
+
+    def update(self, overrides: dict) -> "Config":
+        """Apply nested ({"train": {"lr": ..}}) or flat ({"lr": ..}) overrides; unknown keys raise."""
+        for key, value in overrides.items():
+            if key == "preset":
+                self.preset = value
+            elif key in SECTIONS and isinstance(value, dict):
+                for k, v in value.items():
+                    self._set(key, k, v)
+            else:
+                self._set(field_section(key), key, value)
+        return self
+
+    def _set(self, section: str, name: str, value: Any) -> None:
+        sec = getattr(self, section)
+        hints = typing.get_type_hints(type(sec))
+        if name not in hints:
+            raise KeyError(f"unknown setting '{section}.{name}'")
+        setattr(sec, name, coerce(value, hints[name], f"{section}.{name}"))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+
+def coerce(value: Any, annotation, where: str) -> Any:
+    """Check and convert a value to its field's type (YAML reads '3e-4' as a string, for one)."""
+    if value is None and typing.get_origin(annotation) is typing.Union:
+        return None
+    if typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    try:
+        if annotation is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if annotation is list:
+            return list(value) if isinstance(value, (list, tuple)) else [value]
+        if annotation is int and isinstance(value, float) and not value.is_integer():
+            raise TypeError
+        return annotation(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"setting '{where}' expects {annotation.__name__}, got {value!r}") from None
+
+
+def field_section(name: str) -> str:
+    """The section that owns a flat field name."""
+    for section, klass in SECTIONS.items():
+        if name in {f.name for f in dataclasses.fields(klass)}:
+            return section
+    raise KeyError(f"unknown setting '{name}'")
+
+
+# Presets: overrides on top of the defaults. DESIGN.md §1 lists their origin.
+PRESETS: dict[str, dict] = {
+    "standard": {},
+    "lightweight": {
+        "dino_model": "facebook/dinov2-small", "decoder_layers": 2, "num_queries": 25,
+        "hidden_dim": 128, "dim_feedforward": 512, "box_mlp_layers": 2, "num_points": 2,
+        "lora_last_n_blocks": 4, "num_heads": 4,
+    },
+    "detr-dinov3": {
+        "dino_model": "facebook/dinov3-vitl16-pretrain-lvd1689m", "attention": "standard",
+        "encoder_layers": 6, "decoder_layers": 6, "num_queries": 100, "hidden_dim": 256,
+        "box_refine": False, "backbone_mode": "frozen", "epochs": 300, "checkpoint_every": 50,
+        "dim_feedforward": 2048, "dropout": 0.1,
+    },
+}
+
+
+def build_config(preset: str = "standard", yaml_file: str | None = None, **overrides) -> Config:
+    """Defaults < preset < YAML < keyword overrides (flat field names)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset '{preset}'; choose one of {sorted(PRESETS)}")
+    cfg = Config(preset=preset)
+    cfg.update(PRESETS[preset])
+    if yaml_file:
+        cfg.update(yaml.safe_load(Path(yaml_file).read_text()) or {})
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return cfg

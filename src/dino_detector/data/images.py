@@ -1,0 +1,72 @@
+"""Reading images robustly: EXIF rotation, grayscale / RGBA / palette / 16-bit, clear errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageReadError(ValueError):
+    """An image file is missing, truncated or not an image; the message names the file."""
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """An RGB PIL image with its EXIF orientation applied."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return to_rgb(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ImageReadError(f"cannot read image {path}: {err}") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float32)
+        scale = 65535.0 if arr.max() > 255 else 255.0
+        im = Image.fromarray(np.round(arr / scale * 255).clip(0, 255).astype(np.uint8))
+    if im.mode in ("RGBA", "LA", "P"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    return im.convert("RGB")
+
+
+def to_tensor_image(image) -> torch.Tensor:
+    """A [3, H, W] float tensor in 0..1 from a path, PIL image, HxW(x3/4) uint8/float array or tensor."""
+    if isinstance(image, (str, Path)):
+        image = load_image(image)
+    if isinstance(image, Image.Image):
+        image = np.array(to_rgb(image))
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.stack([image] * 3, -1)
+        if image.ndim != 3 or image.shape[-1] not in (3, 4):
+            raise ValueError(f"expected an HxWx3 array, got shape {image.shape}")
+        image = image[..., :3]
+        scale = 255.0 if image.dtype == np.uint8 else (65535.0 if image.dtype == np.uint16 else 1.0)
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / scale
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"expected a [3, H, W] tensor, got shape {tuple(image.shape)}")
+        image = image.expand(3, -1, -1) if image.shape[0] == 1 else image
+        return image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    raise ValueError(f"unsupported image input of type {type(image).__name__}; "
+                     "give a path, PIL image, numpy array or tensor")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if folder.is_file():
+        return [folder]
+    if not folder.is_dir():
+        raise ImageReadError(f"image folder not found: {folder}")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,130 @@
+"""COCO evaluation with pycocotools, plus threshold metrics (precision / recall / F1 / mean IoU / accuracy).
+
+The AP numbers are pycocotools' own ``COCOeval.stats``; nothing here re-implements them.
+Threshold metrics (at ``score_threshold``), per image, greedy one-to-one matching by descending score:
+- a detection is a true positive when it overlaps an unmatched non-crowd ground-truth box of the same
+  category with IoU >= 0.5;
+- precision = TP / detections, recall = TP / ground-truth boxes, f1 = their harmonic mean;
+- mean_iou = mean IoU of the true positives (0 when there are none);
+- accuracy = of the detections that overlap some ground-truth box with IoU >= 0.5 (class ignored), the
+  fraction whose category is right;
+- mAP50 = the COCO AP at IoU 0.5 (the same as AP50), kept under the name the YOLO comparison uses.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+from tqdm import tqdm
+
+from ..models.postprocess import postprocess
+
+STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+MATCH_IOU = 0.5
+
+
+@torch.no_grad()
+def predict_dataset(model, loader, device, category_ids: list[int], desc: str = "evaluate") -> list[dict]:
+    """COCO results list: image_id, category_id (dataset ids), bbox [x, y, w, h] original pixels, score."""
+    model.eval()
+    results = []
+    for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        outputs = model([im.to(device) for im in images])
+        dets = postprocess(outputs, [t["orig_size"] for t in targets], category_ids)
+        for t, det in zip(targets, dets):
+            xywh = det["boxes"].clone()
+            xywh[:, 2:] -= xywh[:, :2]
+            for box, score, cid in zip(xywh.tolist(), det["scores"].tolist(), det["category_ids"].tolist()):
+                results.append({"image_id": int(t["image_id"]), "category_id": int(cid),
+                                "bbox": [round(v, 2) for v in box], "score": round(score, 5)})
+    return results
+
+
+def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = None) -> tuple[dict, str]:
+    """pycocotools bbox evaluation -> (metrics dict, the printed summary table)."""
+    from pycocotools.cocoeval import COCOeval
+
+    names = {c["id"]: c["name"] for c in coco_gt.dataset["categories"]}
+    if not results:
+        metrics = {k: 0.0 for k in STAT_NAMES}
+        metrics["per_class"] = {n: 0.0 for n in names.values()}
+        return metrics, "no detections: every metric is 0\n"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        coco_dt = coco_gt.loadRes(copy.deepcopy(results))  # loadRes adds fields to each entry
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        if image_ids is not None:
+            ev.params.imgIds = list(image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    metrics = {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
+    # precision [T, R, K, A, M]: all IoUs and recalls, area "all", maxDets 100
+    precision = ev.eval["precision"][:, :, :, 0, -1]
+    per_class = {}
+    for k, cid in enumerate(ev.params.catIds):
+        p = precision[:, :, k]
+        per_class[names[cid]] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
+    metrics["per_class"] = per_class
+    table = "\n".join(line for line in buf.getvalue().splitlines() if line.lstrip().startswith("Average"))
+    return metrics, table
+
+
+def threshold_metrics(coco_gt, results: list[dict], score_threshold: float,
+                      image_ids: list[int] | None = None) -> dict:
+    """Precision / recall / F1 / mean IoU / accuracy at a score threshold (definitions in the module doc)."""
+    ids = image_ids if image_ids is not None else coco_gt.getImgIds()
+    by_image: dict[int, list[dict]] = {}
+    for r in results:
+        if r["score"] >= score_threshold:
+            by_image.setdefault(r["image_id"], []).append(r)
+    tp = n_det = n_gt = localised = correct_class = 0
+    ious = []
+    for image_id in ids:
+        gts = [a for a in coco_gt.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
+        dets = sorted(by_image.get(image_id, []), key=lambda r: -r["score"])
+        n_det, n_gt = n_det + len(dets), n_gt + len(gts)
+        if not dets or not gts:
+            continue
+        iou = box_iou(_xyxy([d["bbox"] for d in dets]), _xyxy([g["bbox"] for g in gts]))
+        gt_cats = torch.tensor([g["category_id"] for g in gts])
+        used = torch.zeros(len(gts), dtype=torch.bool)
+        for i, d in enumerate(dets):
+            if (iou[i] >= MATCH_IOU).any():
+                localised += 1
+                best_any = int(iou[i].argmax())
+                correct_class += int(gt_cats[best_any] == d["category_id"])
+            same = (gt_cats == d["category_id"]) & ~used
+            cand = torch.where(same, iou[i], torch.full_like(iou[i], -1.0))
+            j = int(cand.argmax())
+            if cand[j] >= MATCH_IOU:
+                used[j] = True
+                tp += 1
+                ious.append(float(cand[j]))
+    precision = tp / n_det if n_det else 0.0
+    recall = tp / n_gt if n_gt else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1,
+            "mean_iou": float(np.mean(ious)) if ious else 0.0,
+            "accuracy": correct_class / localised if localised else 0.0, "score_threshold": score_threshold}
+
+
+def _xyxy(boxes: list[list[float]]) -> torch.Tensor:
+    t = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+    t[:, 2:] += t[:, :2]
+    return t
+
+
+def evaluate(model, loader, device, coco_gt, category_ids, score_threshold: float = 0.5,
+             image_ids: list[int] | None = None) -> tuple[dict, list[dict], str]:
+    """Run the model over ``loader`` and score it: (metrics, COCO results, printed table)."""
+    results = predict_dataset(model, loader, device, category_ids)
+    metrics, table = coco_evaluate(coco_gt, results, image_ids)
+    metrics.update(threshold_metrics(coco_gt, results, score_threshold, image_ids))
+    metrics["mAP50"] = metrics["AP50"]
+    metrics["num_images"] = len(image_ids) if image_ids is not None else len(coco_gt.getImgIds())
+    return metrics, results, table

@@ -1,0 +1,182 @@
+"""DINOv2ObjectDetector: DINO ViT backbone -> projection -> transformer encoder/decoder -> class + box heads."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..backbones.adapters import apply_backbone_mode, count_parameters, resolve_backbone_mode
+from ..backbones.dino import DinoBackbone
+from ..config import DataConfig, ModelConfig
+from .heads import inverse_sigmoid
+from .position import map_coordinates, map_position_embedding
+from .postprocess import postprocess
+from .transformer import Decoder, DecoderLayer, Encoder, EncoderLayer, Levels
+
+INITIAL_BOX_SIZE = 0.1  # initial reference boxes: 10 % of the image side, centres spread uniformly
+
+
+class DINOv2ObjectDetector(nn.Module):
+    """End-to-end set-prediction detector.
+
+    ``forward(images)`` takes a float tensor [B, 3, H, W] in 0..1 (any H, W) or a list of [3, h, w] tensors of
+    different sizes, and returns ``pred_logits`` [B, Q, C], ``pred_boxes`` [B, Q, 4] (cx, cy, w, h relative to
+    each image's own size) and ``aux_outputs`` (the same for every earlier decoder layer).
+    """
+
+    def __init__(self, num_classes: int = 80, dino_model: str | None = None, pretrained: bool | None = None,
+                 config: ModelConfig | None = None, category_ids: list[int] | None = None,
+                 class_names: list[str] | None = None, data_config: DataConfig | None = None, **overrides):
+        super().__init__()
+        cfg = dataclasses.replace(config or ModelConfig(), num_classes=num_classes, **overrides)
+        if dino_model is not None:
+            cfg.dino_model = dino_model
+        if pretrained is not None:
+            cfg.pretrained = pretrained
+        if cfg.attention not in ("deformable", "standard"):
+            raise ValueError(f"attention must be 'deformable' or 'standard', got '{cfg.attention}'")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        self.config = cfg
+        self.data_config = data_config or DataConfig()
+        self.category_ids = list(category_ids) if category_ids is not None else list(range(num_classes))
+        self.class_names = list(class_names) if class_names is not None else [str(c) for c in self.category_ids]
+        if len(self.category_ids) != num_classes or len(self.class_names) != num_classes:
+            raise ValueError("category_ids and class_names must have num_classes entries")
+
+        self.backbone = DinoBackbone(cfg.dino_model, cfg.pretrained)
+        self.backbone_mode = resolve_backbone_mode(cfg.backbone_mode, cfg.pretrained, cfg.dino_model)
+        cfg.backbone_mode = self.backbone_mode  # stored resolved: a reload without hub weights keeps adapters
+        apply_backbone_mode(self.backbone, self.backbone_mode, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
+                            cfg.lora_target_modules, cfg.lora_last_n_blocks)
+        d = cfg.hidden_dim
+        # LayerNorm (per token) rather than GroupNorm: statistics over space would mix in batch padding.
+        self.input_proj = nn.Sequential(nn.Linear(self.backbone.num_channels, d), nn.LayerNorm(d))
+        layer_args = (d, cfg.num_heads, cfg.dim_feedforward, cfg.dropout, cfg.attention, 1, cfg.num_points)
+        self.encoder = Encoder(EncoderLayer(*layer_args), cfg.encoder_layers)
+        self.decoder = Decoder(DecoderLayer(*layer_args), cfg.decoder_layers, d, num_classes, cfg.box_refine,
+                               cfg.box_mlp_layers)
+        self.query_content = nn.Embedding(cfg.num_queries, d)
+        self.query_boxes = nn.Embedding(cfg.num_queries, 4)  # logits of the initial reference boxes
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(0)
+            centres = torch.rand(cfg.num_queries, 2, generator=g)
+            sizes = torch.full((cfg.num_queries, 2), INITIAL_BOX_SIZE)
+            self.query_boxes.weight.copy_(inverse_sigmoid(torch.cat([centres, sizes], -1)))
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def parameter_summary(self) -> str:
+        trainable, total = count_parameters(self)
+        bb_train, bb_total = count_parameters(self.backbone)
+        return (f"backbone {self.config.dino_model} ({self.backbone_mode}): {bb_train:,} trainable of {bb_total:,}; "
+                f"detector total: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.1f} %)")
+
+    # ---------------------------------------------------------------- forward
+    @staticmethod
+    def _as_list(images) -> list[torch.Tensor]:
+        if isinstance(images, torch.Tensor):
+            if images.dim() == 3:
+                images = images[None]
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise ValueError(f"expected images [B, 3, H, W], got shape {tuple(images.shape)}")
+            return list(images.unbind(0))
+        images = list(images)
+        if not images:
+            raise ValueError("no images given")
+        for im in images:
+            if not isinstance(im, torch.Tensor) or im.dim() != 3 or im.shape[0] != 3:
+                raise ValueError("each image must be a [3, H, W] float tensor")
+        return images
+
+    def forward(self, images) -> dict:
+        images = self._as_list(images)
+        feats = self.backbone(images)
+        b, _, hf, wf = feats.tensor.shape
+        p = self.backbone.patch_size
+        sizes = torch.tensor(feats.image_sizes, dtype=feats.tensor.dtype, device=feats.tensor.device)
+        # fraction of the padded map each image covers, (x, y)
+        valid_ratios = torch.stack([sizes[:, 1] / (p * wf), sizes[:, 0] / (p * hf)], -1)
+        src = self.input_proj(feats.tensor.flatten(2).transpose(1, 2))  # [B, S, d]
+        pos = map_position_embedding((hf, wf), valid_ratios, self.config.hidden_dim)
+        levels = Levels([(hf, wf)], valid_ratios[:, None], feats.mask.flatten(1))
+        ref_points = map_coordinates((hf, wf), valid_ratios)
+        memory = self.encoder(src, pos, ref_points, levels)
+        tgt = self.query_content.weight[None].expand(b, -1, -1)
+        ref_logits = self.query_boxes.weight[None].expand(b, -1, -1)
+        logits, boxes = self.decoder(tgt, ref_logits, memory, pos, levels)
+        out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if self.config.aux_loss:
+            out["aux_outputs"] = [{"pred_logits": lg, "pred_boxes": bx}
+                                  for lg, bx in zip(logits[:-1], boxes[:-1])]
+        return out
+
+    # ---------------------------------------------------------------- inference API
+    @torch.no_grad()
+    def predict(self, images, threshold: float = 0.5, top_k: int = 100):
+        """Detect objects in a path, PIL image, HxWx3 array, [3, H, W] tensor, or a list of those.
+
+        Returns a dict per image (a list for a list input): boxes [N, 4] xyxy in original pixels, scores,
+        labels (dataset category ids) and label_names."""
+        from ..data.images import to_tensor_image
+        from ..data.transforms import resize_for_inference
+
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        tensors = [to_tensor_image(item) for item in items]
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        inputs = [resize_for_inference(t, self.data_config).to(device) for t in tensors]
+        outputs = self(inputs)
+        self.train(was_training)
+        dets = postprocess(outputs, [tuple(t.shape[-2:]) for t in tensors], self.category_ids, top_k, threshold)
+        results = []
+        for det in dets:
+            names = [self.class_names[i] for i in det["labels"].tolist()]
+            results.append({"boxes": det["boxes"].cpu(), "scores": det["scores"].cpu(),
+                            "labels": det["category_ids"].cpu(), "label_names": names})
+        return results[0] if single else results
+
+    # ---------------------------------------------------------------- persistence
+    def metadata(self) -> dict:
+        return {"model": dataclasses.asdict(self.config), "data": dataclasses.asdict(self.data_config),
+                "category_ids": self.category_ids, "class_names": self.class_names}
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> "DINOv2ObjectDetector":
+        model_cfg = ModelConfig(**{**meta["model"], "pretrained": False})  # weights come from the file
+        return cls(num_classes=model_cfg.num_classes, config=model_cfg, category_ids=meta["category_ids"],
+                   class_names=meta["class_names"], data_config=DataConfig(**meta.get("data", {})))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> "DINOv2ObjectDetector":
+        """Rebuild a model from a training checkpoint (``dino_detector_*.pth``), offline."""
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(ckpt, dict) or "model" not in ckpt or "metadata" not in ckpt:
+            raise ValueError(f"{path} is not a dino_detector checkpoint (no 'model' / 'metadata' entries)")
+        model = cls.from_metadata(ckpt["metadata"])
+        model.load_state_dict(ckpt["model"])
+        return model
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Weights as safetensors plus a JSON description; reload with ``from_pretrained``."""
+        from safetensors.torch import save_file
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / "model.safetensors"))
+        (directory / "config.json").write_text(json.dumps(self.metadata(), indent=2))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "DINOv2ObjectDetector":
+        from safetensors.torch import load_file
+        directory = Path(directory)
+        model = cls.from_metadata(json.loads((directory / "config.json").read_text()))
+        model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        return model

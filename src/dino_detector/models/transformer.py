@@ -1,0 +1,119 @@
+"""Transformer encoder and decoder with standard or deformable cross-attention.
+
+The decoder follows DAB-/Deformable-DETR: each query carries a reference box (cx, cy, w, h); its positional
+query is an MLP of the box's sine embedding; with ``box_refine`` every layer predicts a correction of the
+previous layer's box in logit space and passes the (detached) result on as the next reference.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .deformable import MSDeformAttn
+from .heads import MLP, box_head, class_head, inverse_sigmoid
+from .position import sine_embed
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.drop(self.net(x)))
+
+
+class Levels:
+    """What attention needs to know about the (flattened, padded) feature maps of a batch."""
+
+    def __init__(self, shapes: list[tuple[int, int]], valid_ratios: torch.Tensor, padding_mask: torch.Tensor):
+        self.shapes = shapes  # [(Hf, Wf)] per level
+        self.valid_ratios = valid_ratios  # [B, L, 2] (x, y)
+        self.padding_mask = padding_mask  # [B, S] True on padding
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, ffn: int, dropout: float, attention: str, levels: int, points: int):
+        super().__init__()
+        self.deformable = attention == "deformable"
+        self.attn = (MSDeformAttn(dim, levels, heads, points) if self.deformable
+                     else nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True))
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn, dropout)
+
+    def forward(self, src, pos, ref_points, levels: Levels):
+        q = src + pos
+        if self.deformable:
+            out = self.attn(q, ref_points, src, levels.shapes, levels.valid_ratios, levels.padding_mask)
+        else:
+            out = self.attn(q, q, src, key_padding_mask=levels.padding_mask, need_weights=False)[0]
+        return self.ffn(self.norm(src + self.drop(out)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, ffn: int, dropout: float, attention: str, levels: int, points: int):
+        super().__init__()
+        self.deformable = attention == "deformable"
+        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.cross_attn = (MSDeformAttn(dim, levels, heads, points) if self.deformable
+                           else nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True))
+        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn, dropout)
+
+    def forward(self, tgt, query_pos, ref_boxes, memory, memory_pos, levels: Levels):
+        q = tgt + query_pos
+        tgt = self.norm1(tgt + self.drop1(self.self_attn(q, q, tgt, need_weights=False)[0]))
+        q = tgt + query_pos
+        if self.deformable:
+            out = self.cross_attn(q, ref_boxes, memory, levels.shapes, levels.valid_ratios, levels.padding_mask)
+        else:
+            out = self.cross_attn(q, memory + memory_pos, memory, key_padding_mask=levels.padding_mask,
+                                  need_weights=False)[0]
+        return self.ffn(self.norm2(tgt + self.drop2(out)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, layer: EncoderLayer, num_layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+
+    def forward(self, src, pos, ref_points, levels: Levels):
+        for layer in self.layers:
+            src = layer(src, pos, ref_points, levels)
+        return src
+
+
+class Decoder(nn.Module):
+    """Returns per-layer class logits [L, B, Q, C] and boxes [L, B, Q, 4] (cx, cy, w, h in 0..1)."""
+
+    def __init__(self, layer: DecoderLayer, num_layers: int, dim: int, num_classes: int, box_refine: bool,
+                 box_mlp_layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+        self.query_pos_head = MLP(2 * dim, dim, dim, 2)
+        self.box_refine = box_refine
+        n_box = num_layers if box_refine else 1
+        self.bbox_heads = nn.ModuleList(box_head(dim, box_mlp_layers) for _ in range(n_box))
+        self.class_heads = nn.ModuleList(class_head(dim, num_classes) for _ in range(num_layers))
+        self.dim = dim
+
+    def forward(self, tgt, ref_logits, memory, memory_pos, levels: Levels):
+        """tgt [B, Q, C] query content; ref_logits [B, Q, 4] initial boxes before the sigmoid."""
+        ref = ref_logits.sigmoid()
+        all_logits, all_boxes = [], []
+        for i, layer in enumerate(self.layers):
+            query_pos = self.query_pos_head(sine_embed(ref, self.dim // 2))
+            tgt = layer(tgt, query_pos, ref, memory, memory_pos, levels)
+            box_head_i = self.bbox_heads[i if self.box_refine else 0]
+            boxes = (box_head_i(tgt) + inverse_sigmoid(ref)).sigmoid()
+            all_logits.append(self.class_heads[i](tgt))
+            all_boxes.append(boxes)
+            if self.box_refine:
+                ref = boxes.detach()  # as Deformable DETR: no gradient through the reference chain
+        return torch.stack(all_logits), torch.stack(all_boxes)
