@@ -65,6 +65,7 @@ def test_training_writes_config_checkpoint_metrics_and_predictions(one_epoch_run
     assert len(dt.anns) == len(predictions) > 0
     assert {p["image_id"] for p in predictions} <= set(gt.getImgIds())
     assert {p["category_id"] for p in predictions} <= set(gt.getCatIds())  # dataset ids, not labels 0..79
+    assert max(p["category_id"] for p in predictions) > 80  # sparse COCO ids survive the round trip
     assert all(0.0 <= p["score"] <= 1.0 for p in predictions)
 
     ckpt = torch.load(out / "dino_detector_final.pth", map_location="cpu", weights_only=True)

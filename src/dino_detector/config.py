@@ -75,7 +75,8 @@ class TrainConfig:
     lr_backbone: float = 0.0  # backbone / LoRA lr; 0: lr for random-init backbones, lr/10 for pretrained
     weight_decay: float = 1e-4
     grad_clip: float = 0.1
-    lr_drop_epoch: int = 0  # 0: at two thirds of the epochs
+    lr_drop_epoch: int = 0  # 0: after lr_drop_fraction of the epochs
+    lr_drop_fraction: float = 0.67  # also of the time budget, when one is set (DETR: 200 of 300 epochs)
     lr_drop_factor: float = 0.1
     grad_accum_steps: int = 1
     seed: int = 42
@@ -86,7 +87,6 @@ class TrainConfig:
     eval_every: int = 5
     score_threshold: float = 0.5  # for precision / recall style metrics
     log_frequency: int = 10
-    experiment_name: str = "dino_detector"
     log_dir: Optional[str] = None
 
 

@@ -94,12 +94,13 @@ def load_vit(name: str, pretrained: bool) -> nn.Module:
     try:
         if os.path.isdir(name):
             return AutoModel.from_pretrained(name)
-        try:  # the local Hugging Face cache first: no network round trip when it is there
-            return AutoModel.from_pretrained(name, local_files_only=True)
-        except OSError:
-            if _offline():
-                raise
-            return AutoModel.from_pretrained(name)
+        from huggingface_hub import try_to_load_from_cache
+        cached = try_to_load_from_cache(name, "config.json")
+        if isinstance(cached, str):  # in the local Hugging Face cache: load the snapshot folder, no network
+            return AutoModel.from_pretrained(os.path.dirname(cached))
+        if _offline() or not _hub_reachable():
+            raise OSError("not in the local cache and the hub is unreachable")
+        return AutoModel.from_pretrained(name)
     except (OSError, ValueError) as err:
         raise PretrainedUnavailableError(
             f"cannot load pretrained backbone '{name}': neither the Hugging Face hub nor a local copy is "
@@ -111,6 +112,19 @@ def load_vit(name: str, pretrained: bool) -> nn.Module:
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A quick TCP check, so an unreachable hub fails in seconds instead of after a minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
 
 
 @dataclass
@@ -139,6 +153,11 @@ class DinoBackbone(nn.Module):
         """Module path of the transformer blocks (differs between DINOv2 and DINOv3)."""
         return "model.layer" if hasattr(self.vit, "model") else "encoder.layer"
 
+    def _normalise_and_pad(self, image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Padding after normalisation is zero: the mean colour, the same for every batch."""
+        image = (image - self.mean) / self.std
+        return nn.functional.pad(image, (0, width - image.shape[-1], 0, height - image.shape[-2]))
+
     def forward(self, images: list[torch.Tensor]) -> FeatureMap:
         """images: list of [3, h_i, w_i] float tensors in [0, 1] (any sizes)."""
         p = self.patch_size
@@ -146,13 +165,13 @@ class DinoBackbone(nn.Module):
         hf, wf = max(g[0] for g in grids), max(g[1] for g in grids)
         out = images[0].new_zeros(len(images), self.num_channels, hf, wf)
         mask = torch.ones(len(images), hf, wf, dtype=torch.bool, device=images[0].device)
-        # Images with the same padded size share one ViT call; different sizes never share attention.
+        # Images with the same patch grid share one ViT call (each padded on its own to that grid, exactly
+        # as if alone); images of different grids never attend to each other's padding.
         groups: dict[tuple, list[int]] = {}
         for i, g in enumerate(grids):
-            groups.setdefault((g, tuple(images[i].shape[-2:])), []).append(i)
-        for ((gh, gw), _), idx in groups.items():
-            batch = torch.stack([(images[i] - self.mean) / self.std for i in idx])
-            batch = nn.functional.pad(batch, (0, gw * p - batch.shape[-1], 0, gh * p - batch.shape[-2]))
+            groups.setdefault(g, []).append(i)
+        for (gh, gw), idx in groups.items():
+            batch = torch.stack([self._normalise_and_pad(images[i], gh * p, gw * p) for i in idx])
             tokens = self.vit(pixel_values=batch).last_hidden_state[:, self.num_prefix_tokens:]
             fmap = tokens.transpose(1, 2).reshape(len(idx), self.num_channels, gh, gw)
             out[idx, :, :gh, :gw] = fmap.to(out.dtype)

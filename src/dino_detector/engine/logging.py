@@ -18,10 +18,11 @@ def setup_console(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
-def write_json(obj, path: str | Path) -> None:
+def write_json(obj, path: str | Path, indent: int | None = 2) -> None:
+    """Atomic JSON write; ``indent=None`` for large files such as prediction lists."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.write_text(json.dumps(obj, indent=indent))
     os.replace(tmp, path)
 
 

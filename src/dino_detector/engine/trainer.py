@@ -48,15 +48,16 @@ def inherit_resize(data_cfg: DataConfig, saved: dict) -> None:
 
 
 class LRSchedule:
-    """Step drop by ``drop_factor`` at ``drop_epoch`` or, under a time budget, at 2/3 of the budget."""
+    """Step drop by ``drop_factor`` at ``drop_epoch`` (0: after ``fraction`` of the epochs) or, under a time
+    budget, after ``fraction`` of the budget, whichever comes first."""
 
     def __init__(self, base_lrs: list[float], epochs: int, drop_epoch: int, drop_factor: float,
-                 budget_s: float):
-        self.base_lrs, self.drop_factor, self.budget_s = base_lrs, drop_factor, budget_s
-        self.drop_epoch = drop_epoch if drop_epoch > 0 else max(1, math.ceil(epochs * 2 / 3))
+                 fraction: float, budget_s: float):
+        self.base_lrs, self.drop_factor, self.budget_s, self.fraction = base_lrs, drop_factor, budget_s, fraction
+        self.drop_epoch = drop_epoch if drop_epoch > 0 else max(1, math.ceil(epochs * fraction))
 
     def apply(self, optimizer, epoch: int, elapsed_s: float) -> float:
-        dropped = epoch >= self.drop_epoch or (self.budget_s > 0 and elapsed_s >= self.budget_s * 2 / 3)
+        dropped = epoch >= self.drop_epoch or (self.budget_s > 0 and elapsed_s >= self.budget_s * self.fraction)
         factor = self.drop_factor if dropped else 1.0
         for group, base in zip(optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
@@ -130,7 +131,7 @@ class Trainer:
         groups = [{"params": backbone, "lr": lr_backbone}, {"params": head, "lr": t.lr}]
         groups = [g for g in groups if g["params"]]
         self.schedule = LRSchedule([g["lr"] for g in groups], t.epochs, t.lr_drop_epoch, t.lr_drop_factor,
-                                   t.time_budget_min * 60)
+                                   t.lr_drop_fraction, t.time_budget_min * 60)
         return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
 
     def _resume(self, ckpt: dict) -> None:
@@ -203,7 +204,7 @@ class Trainer:
         metrics["epoch"] = epoch
         write_json(metrics, self.out / f"val_metrics_{tag}.json")
         if tag == "final":
-            write_json(results, self.out / "val_predictions_final.json")
+            write_json(results, self.out / "val_predictions_final.json", indent=None)
             print(table)
         self.logger.scalars({k: v for k, v in metrics.items() if k in ("AP", "AP50", "AP75")}, self.step, "val")
         log.info("%s: AP %.4f AP50 %.4f AP75 %.4f (%d images)", tag, metrics["AP"], metrics["AP50"],
@@ -217,7 +218,7 @@ class Trainer:
         dataset = ImageFolderDataset(d.testdev_images, self.cfg, d.test_mini_size if d.test_mini else 0)
         loader = make_loader(dataset, self.cfg, self.device, shuffle=False)
         results = predict_dataset(self.model, loader, self.device, self.model.category_ids, desc="test-dev")
-        write_json(results, self.out / "testdev_predictions_final.json")
+        write_json(results, self.out / "testdev_predictions_final.json", indent=None)
         log.info("test-dev predictions for %d images written", len(dataset))
 
     def fit(self) -> dict | None:

@@ -1,0 +1,35 @@
+"""The README's Python API example runs as written (offline, tiny backbone)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_api_example() -> str:
+    text = README.read_text()
+    section = text.split("## Python API", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, flags=re.S)
+    assert match, "README has no python block under '## Python API'"
+    return match.group(1)
+
+
+def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(python_api_example(), str(README), "exec"), namespace)
+    out = namespace["out"]
+    assert out["pred_logits"].shape == (2, 20, 3)
+    assert out["pred_boxes"].shape == (2, 20, 4)
+    dets = namespace["dets"]
+    assert dets["boxes"].shape[1] == 4 and len(dets["scores"]) == len(dets["labels"]) > 0
+    assert (tmp_path / "outputs" / "api_model" / "model.safetensors").is_file()
+    again, model = namespace["again"], namespace["model"]
+    model.eval(), again.eval()
+    x = torch.rand(1, 3, 64, 80)
+    with torch.no_grad():
+        assert torch.allclose(model(x)["pred_boxes"], again(x)["pred_boxes"], atol=1e-6)
+    assert "torch.Size([2, 20, 3])" in capsys.readouterr().out
