@@ -41,12 +41,11 @@ def build_datasets(cfg: Config) -> tuple[CocoDetection | None, CocoDetection | N
         check_annotation_format(path, d.data_format)
     train = val = None
     if d.train_images and d.train_annotations and not cfg.train.only_evaluate:
-        train = CocoDetection(d.train_images, d.train_annotations, d, train=True)
+        limit = d.debug_samples if cfg.train.debug else 0
+        train = CocoDetection(d.train_images, d.train_annotations, d, train=True, limit=limit)
         if cfg.train.debug:
-            ids = train.ids[: d.debug_samples]
-            train = CocoDetection(d.train_images, d.train_annotations, d, train=True, image_ids=ids)
-            val = CocoDetection(d.train_images, d.train_annotations, d, train=False, image_ids=ids)
-            log.info("debug mode: %d training images, validated on the same images", len(ids))
+            val = CocoDetection(d.train_images, d.train_annotations, d, train=False, image_ids=train.ids)
+            log.info("debug mode: %d training images, validated on the same images", len(train.ids))
             return train, val
     if d.val_images and d.val_annotations:
         val = CocoDetection(d.val_images, d.val_annotations, d, train=False)

@@ -45,7 +45,7 @@ class CocoDetection(Dataset):
     transformed image, labels (contiguous), image_id and orig_size (h, w)."""
 
     def __init__(self, images_dir: str | Path, annotation_file: str | Path, cfg: DataConfig, train: bool,
-                 image_ids: list[int] | None = None):
+                 image_ids: list[int] | None = None, limit: int = 0):
         self.images_dir = Path(images_dir)
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.images_dir}")
@@ -55,6 +55,7 @@ class CocoDetection(Dataset):
         self.class_names = [c["name"] for c in cats]
         self.label_of = {cid: i for i, cid in enumerate(self.category_ids)}
         ids = sorted(self.coco.getImgIds()) if image_ids is None else list(image_ids)
+        ids = ids[:limit] if limit > 0 else ids
         if not ids:
             raise ValueError(f"{annotation_file} lists no images")
         missing = [i for i in ids if not (self.images_dir / self.coco.imgs[i]["file_name"]).is_file()]
