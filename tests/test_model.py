@@ -65,9 +65,10 @@ def test_forward_rejects_bad_shapes(detector):
         detector([])
 
 
+@pytest.mark.parametrize("levels", [1, 4])
 @pytest.mark.parametrize("attention", ["deformable", "standard"])
-def test_outputs_do_not_depend_on_batch_padding(attention):
-    model = build_small_detector(num_classes=3, attention=attention)
+def test_outputs_do_not_depend_on_batch_padding(attention, levels):
+    model = build_small_detector(num_classes=3, attention=attention, num_feature_levels=levels)
     perturb_head_(model)
     model.eval()
     small, large = torch.rand(3, 70, 90), torch.rand(3, 120, 150)

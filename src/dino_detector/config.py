@@ -29,6 +29,7 @@ class ModelConfig:
     num_classes: int = 0  # 0: taken from the training annotations
     hidden_dim: int = 256
     num_queries: int = 100
+    num_feature_levels: int = 1  # 1: the ViT map alone; 2-4 add a simple feature pyramid (x1/2, x2, x1/4)
     encoder_layers: int = 1
     decoder_layers: int = 6
     num_heads: int = 8

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..backbones.adapters import apply_backbone_mode, count_parameters, resolve_backbone_mode
 from ..backbones.dino import DinoBackbone
+from ..backbones.pyramid import SimpleFeaturePyramid
 from ..config import DataConfig, ModelConfig
 from .heads import inverse_sigmoid
 from .position import map_coordinates, map_position_embedding
@@ -53,9 +54,10 @@ class DINOv2ObjectDetector(nn.Module):
         apply_backbone_mode(self.backbone, self.backbone_mode, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
                             cfg.lora_target_modules, cfg.lora_last_n_blocks)
         d = cfg.hidden_dim
-        # LayerNorm (per token) rather than GroupNorm: statistics over space would mix in batch padding.
-        self.input_proj = nn.Sequential(nn.Linear(self.backbone.num_channels, d), nn.LayerNorm(d))
-        layer_args = (d, cfg.num_heads, cfg.dim_feedforward, cfg.dropout, cfg.attention, 1, cfg.num_points)
+        self.pyramid = SimpleFeaturePyramid(self.backbone.num_channels, d, cfg.num_feature_levels)
+        self.level_embed = nn.Parameter(torch.randn(cfg.num_feature_levels, d) * 0.02)
+        layer_args = (d, cfg.num_heads, cfg.dim_feedforward, cfg.dropout, cfg.attention, cfg.num_feature_levels,
+                      cfg.num_points)
         self.encoder = Encoder(EncoderLayer(*layer_args), cfg.encoder_layers)
         self.decoder = Decoder(DecoderLayer(*layer_args), cfg.decoder_layers, d, num_classes, cfg.box_refine,
                                cfg.box_mlp_layers)
@@ -97,19 +99,25 @@ class DINOv2ObjectDetector(nn.Module):
     def forward(self, images) -> dict:
         images = self._as_list(images)
         feats = self.backbone(images)
-        b, _, hf, wf = feats.tensor.shape
         p = self.backbone.patch_size
         sizes = torch.tensor(feats.image_sizes, dtype=feats.tensor.dtype, device=feats.tensor.device)
-        # fraction of the padded map each image covers, (x, y)
-        valid_ratios = torch.stack([sizes[:, 1] / (p * wf), sizes[:, 0] / (p * hf)], -1)
-        src = self.input_proj(feats.tensor.flatten(2).transpose(1, 2))  # [B, S, d]
-        pos = map_position_embedding((hf, wf), valid_ratios, self.config.hidden_dim)
-        levels = Levels([(hf, wf)], valid_ratios[:, None], feats.mask.flatten(1))
-        ref_points = map_coordinates((hf, wf), valid_ratios)
-        memory = self.encoder(src, pos, ref_points, levels)
+        grid_sizes = torch.ceil(sizes / p).long()
+        levels = self.pyramid(feats.tensor, feats.mask, grid_sizes, sizes / p)
+        src, pos, ref_points = [], [], []
+        for i, lvl in enumerate(levels):
+            shape = tuple(lvl.tensor.shape[-2:])
+            src.append(lvl.tensor.flatten(2).transpose(1, 2))
+            pos.append(map_position_embedding(shape, lvl.valid_ratios, self.config.hidden_dim) + self.level_embed[i])
+            ref_points.append(map_coordinates(shape, lvl.valid_ratios))
+        src, pos, ref_points = torch.cat(src, 1), torch.cat(pos, 1), torch.cat(ref_points, 1)
+        b = src.shape[0]
+        attn_levels = Levels([tuple(lvl.tensor.shape[-2:]) for lvl in levels],
+                             torch.stack([lvl.valid_ratios for lvl in levels], 1),
+                             torch.cat([lvl.mask.flatten(1) for lvl in levels], 1))
+        memory = self.encoder(src, pos, ref_points, attn_levels)
         tgt = self.query_content.weight[None].expand(b, -1, -1)
         ref_logits = self.query_boxes.weight[None].expand(b, -1, -1)
-        logits, boxes = self.decoder(tgt, ref_logits, memory, pos, levels)
+        logits, boxes = self.decoder(tgt, ref_logits, memory, pos, attn_levels)
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.config.aux_loss:
             out["aux_outputs"] = [{"pred_logits": lg, "pred_boxes": bx}
