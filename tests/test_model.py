@@ -334,3 +334,35 @@ def test_local_folder_backbone_model_round_trip(tmp_path):
     image = torch.rand(1, 3, 56, 56)
     with torch.no_grad():
         outputs_close(model(image), loaded(image), atol=0)
+
+
+def test_two_stage_selects_proposals_is_padding_invariant_and_trains():
+    from dino_detector.config import LossConfig
+    from dino_detector.losses.criterion import build_criterion
+
+    model = build_small_detector(num_classes=3, two_stage=True, num_feature_levels=3)
+    perturb_head_(model)
+    model.eval()
+    small, large = torch.rand(3, 70, 90), torch.rand(3, 120, 150)
+    with torch.no_grad():
+        alone, batched = model([small]), model([small, large])
+    outputs_close(alone, batched, 0, 0)
+    enc = alone["enc_outputs"]
+    assert enc["pred_logits"].shape == (1, 10, 3) and enc["pred_boxes"].shape == (1, 10, 4)
+    assert ((enc["pred_boxes"] > 0) & (enc["pred_boxes"] < 1)).all()
+    # proposals start on cell centres inside the image, never on padding
+    assert ((batched["enc_outputs"]["pred_boxes"][0, :, :2] > 0.01)
+            & (batched["enc_outputs"]["pred_boxes"][0, :, :2] < 0.99)).all()
+
+    model.train()
+    out = model([small, large])
+    criterion = build_criterion(3, LossConfig())
+    targets = [{"boxes": torch.tensor([[0.5, 0.5, 0.3, 0.4]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[0.3, 0.6, 0.2, 0.2]]), "labels": torch.tensor([2])}]
+    losses = criterion(out, targets)
+    assert {"loss_ce_enc", "loss_bbox_enc", "loss_giou_enc"} <= set(losses)
+    weights = criterion.weight_dict(len(out["aux_outputs"]), with_enc=True)
+    assert set(weights) == set(losses)
+    sum(losses[k] * weights[k] for k in losses).backward()
+    grad = model.proposals.class_head.weight.grad
+    assert grad is not None and grad.abs().sum() > 0

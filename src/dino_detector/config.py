@@ -38,6 +38,7 @@ class ModelConfig:
     attention: str = "deformable"  # deformable | standard
     num_points: int = 4  # sampling points per head and level (deformable)
     box_refine: bool = True
+    two_stage: bool = False  # encoder tokens propose boxes; the top num_queries become the decoder's references
     aux_loss: bool = True
     box_mlp_layers: int = 3
 

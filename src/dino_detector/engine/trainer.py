@@ -168,7 +168,7 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.amp):
                 outputs = self.model(images)
             losses = self.criterion(outputs, targets)
-            weights = self.criterion.weight_dict(len(outputs.get("aux_outputs", [])))
+            weights = self.criterion.weight_dict(len(outputs.get("aux_outputs", [])), "enc_outputs" in outputs)
             loss = sum(losses[k] * weights[k] for k in losses)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {self.step}: "
@@ -180,7 +180,7 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            main = {k: v.item() for k, v in losses.items() if not k[-1].isdigit()}
+            main = {k: v.item() for k, v in losses.items() if k.count("_") == 1}  # final layer only
             main["loss"] = loss.item()
             for k, v in main.items():
                 sums[k] = sums.get(k, 0.0) + v

@@ -10,7 +10,8 @@ from .matcher import HungarianMatcher
 
 class SetCriterion(nn.Module):
     """Sigmoid focal classification loss over every query, L1 and GIoU on matched boxes, each normalised by
-    the number of target boxes in the batch; the same on every auxiliary decoder output (suffix ``_i``)."""
+    the number of target boxes in the batch; the same on every auxiliary decoder output (suffix ``_i``) and
+    on the two-stage proposals (suffix ``_enc``)."""
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0):
@@ -20,10 +21,11 @@ class SetCriterion(nn.Module):
         self.base_weights = dict(weight_dict)
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
 
-    def weight_dict(self, num_aux: int) -> dict[str, float]:
+    def weight_dict(self, num_aux: int, with_enc: bool = False) -> dict[str, float]:
+        """Weights of every loss key: final layer, ``num_aux`` auxiliary layers, two-stage proposals."""
         weights = dict(self.base_weights)
-        for i in range(num_aux):
-            weights.update({f"{k}_{i}": v for k, v in self.base_weights.items()})
+        for suffix in [str(i) for i in range(num_aux)] + (["enc"] if with_enc else []):
+            weights.update({f"{k}_{suffix}": v for k, v in self.base_weights.items()})
         return weights
 
     def loss_labels(self, logits: torch.Tensor, targets, indices, num_boxes: float) -> torch.Tensor:
@@ -67,6 +69,8 @@ class SetCriterion(nn.Module):
         losses = self.single(outputs, targets, num_boxes)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             losses.update({f"{k}_{i}": v for k, v in self.single(aux, targets, num_boxes).items()})
+        if "enc_outputs" in outputs:  # two-stage proposals learn from the same set loss
+            losses.update({f"{k}_enc": v for k, v in self.single(outputs["enc_outputs"], targets, num_boxes).items()})
         return losses
 
 

@@ -15,6 +15,7 @@ from ..config import DataConfig, ModelConfig
 from .heads import inverse_sigmoid
 from .position import map_coordinates, map_position_embedding
 from .postprocess import postprocess
+from .two_stage import ProposalSelector
 from .transformer import Decoder, DecoderLayer, Encoder, EncoderLayer, Levels
 
 INITIAL_BOX_SIZE = 0.1  # initial reference boxes: 10 % of the image side, centres spread uniformly
@@ -61,6 +62,8 @@ class DINOv2ObjectDetector(nn.Module):
         self.encoder = Encoder(EncoderLayer(*layer_args), cfg.encoder_layers)
         self.decoder = Decoder(DecoderLayer(*layer_args), cfg.decoder_layers, d, num_classes, cfg.box_refine,
                                cfg.box_mlp_layers)
+        self.proposals = (ProposalSelector(d, num_classes, cfg.num_queries, cfg.box_mlp_layers)
+                          if cfg.two_stage else None)
         self.query_content = nn.Embedding(cfg.num_queries, d)
         self.query_boxes = nn.Embedding(cfg.num_queries, 4)  # logits of the initial reference boxes
         with torch.no_grad():
@@ -116,9 +119,18 @@ class DINOv2ObjectDetector(nn.Module):
                              torch.cat([lvl.mask.flatten(1) for lvl in levels], 1))
         memory = self.encoder(src, pos, ref_points, attn_levels)
         tgt = self.query_content.weight[None].expand(b, -1, -1)
-        ref_logits = self.query_boxes.weight[None].expand(b, -1, -1)
+        enc_outputs = None
+        if self.proposals is not None:
+            level_index = torch.cat([torch.full((lvl.tensor.shape[-2] * lvl.tensor.shape[-1],), i,
+                                                device=src.device) for i, lvl in enumerate(levels)])
+            ref_logits, enc_outputs = self.proposals(memory, ref_points, level_index, attn_levels.padding_mask)
+            tgt = tgt[:, : ref_logits.shape[1]]
+        else:
+            ref_logits = self.query_boxes.weight[None].expand(b, -1, -1)
         logits, boxes = self.decoder(tgt, ref_logits, memory, pos, attn_levels)
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if enc_outputs is not None:
+            out["enc_outputs"] = enc_outputs
         if self.config.aux_loss:
             out["aux_outputs"] = [{"pred_logits": lg, "pred_boxes": bx}
                                   for lg, bx in zip(logits[:-1], boxes[:-1])]

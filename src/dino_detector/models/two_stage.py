@@ -1,0 +1,44 @@
+"""Two-stage query selection (Deformable DETR / DINO): every encoder token proposes a box, the top-k
+scoring proposals become the decoder's initial reference boxes.
+
+Each token's proposal is centred on its cell with a side of ``BASE_PROPOSAL_SIZE * 2**level`` (coarser
+levels propose larger boxes); a box head refines it and a class head scores it. Padding tokens and
+proposals centred on the image border are never selected. The selected boxes are detached: the decoder
+refines them, the encoder learns from its own loss on them (``enc_outputs``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .heads import box_head, class_head, inverse_sigmoid
+
+BASE_PROPOSAL_SIZE = 0.05  # proposal side on the finest level, as a fraction of the image
+BORDER = 0.01  # centres closer than this to the image border are not proposed
+
+
+class ProposalSelector(nn.Module):
+    def __init__(self, dim: int, num_classes: int, num_queries: int, box_mlp_layers: int):
+        super().__init__()
+        self.project = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
+        self.class_head = class_head(dim, num_classes)
+        self.box_head = box_head(dim, box_mlp_layers)
+        self.num_queries = num_queries
+
+    def forward(self, memory: torch.Tensor, centres: torch.Tensor, level_index: torch.Tensor,
+                padding_mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """memory [B, S, d]; centres [B, S, 2] image-normalised; level_index [S] (0 = finest);
+        padding_mask [B, S]. Returns initial reference-box logits [B, Q, 4] (detached) and enc_outputs."""
+        size = BASE_PROPOSAL_SIZE * (2.0 ** level_index.to(memory.dtype))
+        proposals = torch.cat([centres, size[None, :, None].expand(centres.shape[0], -1, 2)], -1)
+        invalid = padding_mask | ((centres < BORDER) | (centres > 1 - BORDER)).any(-1)
+        feats = self.project(memory.masked_fill(invalid[..., None], 0.0))
+        logits = self.class_head(feats)
+        box_logits = self.box_head(feats) + inverse_sigmoid(proposals)
+        scores = logits.max(-1).values.masked_fill(invalid, float("-inf"))
+        k = min(self.num_queries, scores.shape[1])
+        top = scores.topk(k, dim=1).indices
+        pick = lambda t: torch.gather(t, 1, top[..., None].expand(-1, -1, t.shape[-1]))  # noqa: E731
+        chosen = pick(box_logits)
+        enc_outputs = {"pred_logits": pick(logits), "pred_boxes": chosen.sigmoid()}
+        return chosen.detach(), enc_outputs
