@@ -12,8 +12,8 @@ COMMON=(--dino_model tiny --image_size 384 --batch_size 8 --lr 5e-4 --epochs 100
 run() { name=$1; shift; echo "== $name: $*"; .venv/bin/python -m dino_detector.train "${COMMON[@]}" "$@" \
           --output_dir "$OUT/$name" 2>&1 | grep -E "INFO (training|final|time budget)|^AP "; }
 run single_scale --num_feature_levels 1 --encoder_layers 1
-run multi_scale --num_feature_levels 4 --encoder_layers 1
-run multi_scale_encoder_two_stage --num_feature_levels 4 --encoder_layers 2 --two_stage
+run multi_scale --num_feature_levels 4 --encoder_layers 0
+run multi_scale_encoder_two_stage --num_feature_levels 4 --encoder_layers 1 --two_stage
 .venv/bin/python - "$OUT" <<'PY'
 import json, sys, pathlib
 for d in sorted(pathlib.Path(sys.argv[1]).iterdir()):

@@ -16,7 +16,7 @@ from .heads import inverse_sigmoid
 from .position import map_coordinates, map_position_embedding
 from .postprocess import postprocess
 from .two_stage import ProposalSelector
-from .transformer import Decoder, DecoderLayer, Encoder, EncoderLayer, Levels
+from .transformer import Decoder, DecoderLayer, Encoder, EncoderLayer, FlatLevels
 
 INITIAL_BOX_SIZE = 0.1  # initial reference boxes: 10 % of the image side, centres spread uniformly
 
@@ -114,7 +114,7 @@ class DINOv2ObjectDetector(nn.Module):
             ref_points.append(map_coordinates(shape, lvl.valid_ratios))
         src, pos, ref_points = torch.cat(src, 1), torch.cat(pos, 1), torch.cat(ref_points, 1)
         b = src.shape[0]
-        attn_levels = Levels([tuple(lvl.tensor.shape[-2:]) for lvl in levels],
+        attn_levels = FlatLevels([tuple(lvl.tensor.shape[-2:]) for lvl in levels],
                              torch.stack([lvl.valid_ratios for lvl in levels], 1),
                              torch.cat([lvl.mask.flatten(1) for lvl in levels], 1))
         memory = self.encoder(src, pos, ref_points, attn_levels)

@@ -27,7 +27,7 @@ class FeedForward(nn.Module):
         return self.norm(x + self.drop(self.net(x)))
 
 
-class Levels:
+class FlatLevels:
     """What attention needs to know about the (flattened, padded) feature maps of a batch."""
 
     def __init__(self, shapes: list[tuple[int, int]], valid_ratios: torch.Tensor, padding_mask: torch.Tensor):
@@ -46,7 +46,7 @@ class EncoderLayer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, ffn, dropout)
 
-    def forward(self, src, pos, ref_points, levels: Levels):
+    def forward(self, src, pos, ref_points, levels: FlatLevels):
         q = src + pos
         if self.deformable:
             out = self.attn(q, ref_points, src, levels.shapes, levels.valid_ratios, levels.padding_mask)
@@ -66,7 +66,7 @@ class DecoderLayer(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, ffn, dropout)
 
-    def forward(self, tgt, query_pos, ref_boxes, memory, memory_pos, levels: Levels):
+    def forward(self, tgt, query_pos, ref_boxes, memory, memory_pos, levels: FlatLevels):
         q = tgt + query_pos
         tgt = self.norm1(tgt + self.drop1(self.self_attn(q, q, tgt, need_weights=False)[0]))
         q = tgt + query_pos
@@ -83,7 +83,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
 
-    def forward(self, src, pos, ref_points, levels: Levels):
+    def forward(self, src, pos, ref_points, levels: FlatLevels):
         for layer in self.layers:
             src = layer(src, pos, ref_points, levels)
         return src
@@ -103,7 +103,7 @@ class Decoder(nn.Module):
         self.class_heads = nn.ModuleList(class_head(dim, num_classes) for _ in range(num_layers))
         self.dim = dim
 
-    def forward(self, tgt, ref_logits, memory, memory_pos, levels: Levels):
+    def forward(self, tgt, ref_logits, memory, memory_pos, levels: FlatLevels):
         """tgt [B, Q, C] query content; ref_logits [B, Q, 4] initial boxes before the sigmoid."""
         ref = ref_logits.sigmoid()
         all_logits, all_boxes = [], []

@@ -38,7 +38,10 @@ class ProposalSelector(nn.Module):
         scores = logits.max(-1).values.masked_fill(invalid, float("-inf"))
         k = min(self.num_queries, scores.shape[1])
         top = scores.topk(k, dim=1).indices
-        pick = lambda t: torch.gather(t, 1, top[..., None].expand(-1, -1, t.shape[-1]))  # noqa: E731
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return torch.gather(t, 1, top[..., None].expand(-1, -1, t.shape[-1]))
+
         chosen = pick(box_logits)
         enc_outputs = {"pred_logits": pick(logits), "pred_boxes": chosen.sigmoid()}
         return chosen.detach(), enc_outputs
