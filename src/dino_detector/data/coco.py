@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from torchvision.ops import box_convert
 
 from ..config import DataConfig
-from .images import ImageReadError, load_image, to_tensor_image
+from .images import load_image, to_tensor_image
 from .transforms import DetectionTransform
 
 log = logging.getLogger(__name__)
@@ -106,12 +106,7 @@ class CocoDetection(Dataset):
     def __getitem__(self, index: int):
         image_id = self.ids[index]
         path = self.image_path(index)
-        try:
-            image = to_tensor_image(load_image(path))
-        except ImageReadError:
-            raise
-        except Exception as err:  # anything PIL raises past open(): name the file
-            raise ImageReadError(f"cannot decode {path}: {err}") from None
+        image = to_tensor_image(load_image(path))  # load_image names the file in any read error
         boxes, labels = self.targets[image_id]
         orig_size = tuple(image.shape[-2:])
         image, boxes = self.transform(image, boxes)

@@ -121,9 +121,8 @@ class DINOv2ObjectDetector(nn.Module):
         tgt = self.query_content.weight[None].expand(b, -1, -1)
         enc_outputs = None
         if self.proposals is not None:
-            level_index = torch.cat([torch.full((lvl.tensor.shape[-2] * lvl.tensor.shape[-1],), i,
-                                                device=src.device) for i, lvl in enumerate(levels)])
-            ref_logits, enc_outputs = self.proposals(memory, ref_points, level_index, attn_levels.padding_mask)
+            ref_logits, enc_outputs = self.proposals(memory, ref_points, attn_levels.shapes,
+                                                     attn_levels.padding_mask)
             tgt = tgt[:, : ref_logits.shape[1]]
         else:
             ref_logits = self.query_boxes.weight[None].expand(b, -1, -1)

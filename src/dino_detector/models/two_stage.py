@@ -25,10 +25,11 @@ class ProposalSelector(nn.Module):
         self.box_head = box_head(dim, box_mlp_layers)
         self.num_queries = num_queries
 
-    def forward(self, memory: torch.Tensor, centres: torch.Tensor, level_index: torch.Tensor,
+    def forward(self, memory: torch.Tensor, centres: torch.Tensor, shapes: list[tuple[int, int]],
                 padding_mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """memory [B, S, d]; centres [B, S, 2] image-normalised; level_index [S] (0 = finest);
+        """memory [B, S, d]; centres [B, S, 2] image-normalised; shapes [(H, W)] per level, finest first;
         padding_mask [B, S]. Returns initial reference-box logits [B, Q, 4] (detached) and enc_outputs."""
+        level_index = torch.cat([torch.full((h * w,), i, device=memory.device) for i, (h, w) in enumerate(shapes)])
         size = BASE_PROPOSAL_SIZE * (2.0 ** level_index.to(memory.dtype))
         proposals = torch.cat([centres, size[None, :, None].expand(centres.shape[0], -1, 2)], -1)
         invalid = padding_mask | ((centres < BORDER) | (centres > 1 - BORDER)).any(-1)
