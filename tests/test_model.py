@@ -65,10 +65,21 @@ def test_forward_rejects_bad_shapes(detector):
         detector([])
 
 
-@pytest.mark.parametrize("levels", [1, 4])
-@pytest.mark.parametrize("attention", ["deformable", "standard"])
-def test_outputs_do_not_depend_on_batch_padding(attention, levels):
-    model = build_small_detector(num_classes=3, attention=attention, num_feature_levels=levels)
+PADDING_CASES = {
+    "deformable-1": dict(attention="deformable", num_feature_levels=1),
+    "deformable-4": dict(attention="deformable", num_feature_levels=4),
+    "standard-1": dict(attention="standard", num_feature_levels=1),
+    "standard-4": dict(attention="standard", num_feature_levels=4),
+    "deformable-4-encode-upsampled": dict(num_feature_levels=4, encode_upsampled_level=True),
+    "deformable-4-shared-values-3-layers": dict(num_feature_levels=4, decoder_shared_values=True,
+                                                backbone_feature_layers=3),
+    "softmax-mlp-heads": dict(classifier="softmax", class_mlp_layers=2, head_dropout=0.1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PADDING_CASES))
+def test_outputs_do_not_depend_on_batch_padding(case):
+    model = build_small_detector(num_classes=3, **PADDING_CASES[case])
     perturb_head_(model)
     model.eval()
     small, large = torch.rand(3, 70, 90), torch.rand(3, 120, 150)
@@ -80,6 +91,33 @@ def test_outputs_do_not_depend_on_batch_padding(attention, levels):
     outputs_close(alone, swapped, 0, 1)
     # control: the two images get different predictions
     assert (batched["pred_logits"][0] - batched["pred_logits"][1]).abs().max() > 1e-3
+
+
+def test_encoder_reads_but_does_not_update_the_upsampled_level():
+    from dino_detector.models.transformer import Encoder, EncoderLayer, FlatLevels
+
+    torch.manual_seed(0)
+    shapes = [(4, 6), (2, 3)]  # the x2 level first, as the pyramid orders them
+    first, total = 24, 30
+    encoder = Encoder(EncoderLayer(16, 2, 32, 0.0, "deformable", 2, 2), 2)
+    src, pos, ref = torch.randn(1, total, 16), torch.randn(1, total, 16), torch.rand(1, total, 2)
+    levels = FlatLevels(shapes, torch.ones(1, 2, 2), torch.zeros(1, total, dtype=torch.bool))
+    out = encoder(src, pos, ref, levels, first)
+    torch.testing.assert_close(out[:, :first], src[:, :first], atol=0, rtol=0)
+    assert (out[:, first:] - src[:, first:]).abs().max() > 1e-2
+    changed = src.clone()
+    changed[:, :first] += 1.0  # the coarse tokens attend to the upsampled level's values
+    assert (encoder(changed, pos, ref, levels, first)[:, first:] - out[:, first:]).abs().max() > 1e-4
+
+
+def test_decoder_shared_values_has_one_value_projection():
+    shared = build_small_detector(num_classes=3, decoder_shared_values=True)
+    own = build_small_detector(num_classes=3)
+    assert shared.decoder.value_proj is not None and own.decoder.value_proj is None
+    assert all(layer.cross_attn.value_proj is None for layer in shared.decoder.layers)
+    assert all(layer.cross_attn.value_proj is not None for layer in own.decoder.layers)
+    n_shared, n_own = (sum(p.numel() for p in m.decoder.parameters()) for m in (shared, own))
+    assert n_own - n_shared == (len(own.decoder.layers) - 1) * (64 * 64 + 64)
 
 
 def test_without_box_refinement_and_aux_loss():
@@ -364,5 +402,5 @@ def test_two_stage_selects_proposals_is_padding_invariant_and_trains():
     weights = criterion.weight_dict(len(out["aux_outputs"]), with_enc=True)
     assert set(weights) == set(losses)
     sum(losses[k] * weights[k] for k in losses).backward()
-    grad = model.proposals.class_head.weight.grad
+    grad = model.proposals.class_head.layers[0].weight.grad
     assert grad is not None and grad.abs().sum() > 0

@@ -45,3 +45,22 @@ def test_single_level_is_the_patch_grid_and_bad_level_counts_are_rejected():
     assert len(levels) == 1 and tuple(levels[0].tensor.shape[-2:]) == (3, 4)
     with pytest.raises(ValueError, match="num_feature_levels"):
         SimpleFeaturePyramid(12, 8, 5)
+
+
+def test_backbone_feature_layers_concatenate_normed_intermediate_blocks():
+    from dino_detector.backbones.dino import DinoBackbone
+
+    torch.manual_seed(0)
+    backbone = DinoBackbone("tiny", pretrained=False, feature_layers=3).eval()
+    assert backbone.layer_ids == [2, 4, 6] and backbone.num_channels == 3 * 192
+    image = torch.rand(3, 56, 70)
+    with torch.no_grad():
+        fmap = backbone([image]).tensor  # [1, 576, 4, 5]
+        pixels = ((image - backbone.mean) / backbone.std)[None]
+        states = backbone.vit(pixel_values=pixels, output_hidden_states=True).hidden_states
+    assert fmap.shape == (1, 576, 4, 5)
+    for i, k in enumerate([2, 4, 6]):
+        expected = backbone.vit.layernorm(states[k])[0, 1:].T.reshape(192, 4, 5)
+        torch.testing.assert_close(fmap[0, 192 * i: 192 * (i + 1)], expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="backbone_feature_layers"):
+        DinoBackbone("tiny", pretrained=False, feature_layers=7)

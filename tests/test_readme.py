@@ -33,3 +33,23 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     with torch.no_grad():
         assert torch.allclose(model(x)["pred_boxes"], again(x)["pred_boxes"], atol=1e-6)
     assert "torch.Size([2, 20, 3])" in capsys.readouterr().out
+
+
+def help_flags(main, capsys) -> set[str]:
+    """The flags an entry module's --help lists."""
+    try:
+        main(["--help"])
+    except SystemExit:
+        pass
+    return set(re.findall(r"--[a-z0-9_]+", capsys.readouterr().out))
+
+
+def test_every_flag_the_readme_names_exists(capsys):
+    from dino_detector import demo, download, info, train
+
+    known = set()
+    for module in (train, download, info, demo):
+        known |= help_flags(module.main, capsys)
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_]+", README.read_text()))
+    assert named, "the README names no flags?"
+    assert named - known == set()

@@ -132,6 +132,21 @@ def test_resume_gives_the_same_model_as_training_straight_through(one_epoch_run,
         assert h_resumed["loss"] == pytest.approx(h_straight["loss"], rel=1e-5)
 
 
+def test_testdev_images_without_annotations_give_coco_results(one_epoch_run, tiny_coco, tmp_path):
+    code, out = one_epoch_run
+    assert code == 0
+    common = ["--only_evaluate", "--checkpoint", str(out / "dino_detector_final.pth"), "--testdev_images",
+              str(tiny_coco["images"]), "--device", "cpu", "--num_workers", "0", "--batch_size", "4"]
+    assert train_main([*common, "--test_mini", "--test_mini_size", "3", "--output_dir", str(tmp_path / "a")]) == 0
+    mini = load_json(tmp_path / "a" / "testdev_predictions_final.json")
+    stems = sorted(int(p.stem) for p in Path(tiny_coco["images"]).glob("*.jpg"))
+    assert {p["image_id"] for p in mini} <= set(stems[:3]) and len({p["image_id"] for p in mini}) == 3
+    assert all(set(p) == {"image_id", "category_id", "bbox", "score"} for p in mini)
+    assert train_main([*common, "--output_dir", str(tmp_path / "b")]) == 0  # no --test_mini: every image
+    assert {p["image_id"] for p in load_json(tmp_path / "b" / "testdev_predictions_final.json")} == set(stems)
+    assert not (tmp_path / "a" / "val_metrics_final.json").exists()  # nothing to evaluate against
+
+
 def test_checkpoint_of_another_architecture_exits_with_code_2(one_epoch_run, tiny_coco, tmp_path, capsys):
     code, out = one_epoch_run
     assert code == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {"train": "train", "demo": "demo", "info": "info"}
+COMMANDS = {"train": "train", "demo": "demo", "info": "info", "download": "download"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,21 +26,27 @@ class ModelConfig:
     lora_dropout: float = 0.0
     lora_target_modules: list = field(default_factory=lambda: ["q_proj", "v_proj"])
     lora_last_n_blocks: int = 0  # 0: adapters on every block
+    backbone_feature_layers: int = 1  # n > 1: outputs of n evenly spaced ViT blocks, concatenated
     num_classes: int = 0  # 0: taken from the training annotations
     hidden_dim: int = 256
     num_queries: int = 100
     num_feature_levels: int = 1  # 1: the ViT map alone; 2-4 add a simple feature pyramid (x1/2, x2, x1/4)
     encoder_layers: int = 1
+    encode_upsampled_level: bool = False  # False: the x2 level's tokens are attended to but not encoded (cost)
     decoder_layers: int = 6
     num_heads: int = 8
     dim_feedforward: int = 1024
     dropout: float = 0.0
     attention: str = "deformable"  # deformable | standard
     num_points: int = 4  # sampling points per head and level (deformable)
+    decoder_shared_values: bool = False  # deformable decoder layers share one value projection of the memory
     box_refine: bool = True
     two_stage: bool = False  # encoder tokens propose boxes; the top num_queries become the decoder's references
     aux_loss: bool = True
+    classifier: str = "sigmoid"  # sigmoid (per-class scores, focal loss) | softmax (+ no-object class, CE)
+    class_mlp_layers: int = 1  # 1: linear classifier
     box_mlp_layers: int = 3
+    head_dropout: float = 0.0  # dropout between the layers of the class and box MLPs
 
 
 @dataclass
@@ -50,14 +56,30 @@ class DataConfig:
     val_images: Optional[str] = None
     val_annotations: Optional[str] = None
     testdev_images: Optional[str] = None
-    data_format: str = "auto"  # auto | coco (VOC / YOLO import arrive with the data issue)
+    download_train_data: bool = False  # fetch COCO 2017 into data_dir first; unset image / annotation paths
+    download_val_data: bool = False    # then point at it
+    download_test_data: bool = False
+    data_dir: str = "data/coco"
+    download_base_url: str = "http://images.cocodataset.org"
+    data_format: str = "auto"  # auto | coco | voc | yolo | hf (annotation paths: JSON, VOC / YOLO folder, HF name)
+    hf_train_split: str = "train"  # --data_format hf: split of --train_annotations, slicing allowed: train[:5000]
+    hf_val_split: str = "validation"
     image_size: int = 0  # >0: longer side resized to this, aspect kept (overrides min/max size)
     min_size: int = 800  # shorter side (DETR recipe) when image_size is 0
     max_size: int = 1333
+    flip: bool = True  # --no_flip: for data where mirroring changes the meaning (text, left/right classes)
     hflip_prob: float = 0.5
     color_jitter: float = 0.2  # brightness / contrast / saturation strength; 0 disables
+    multi_scale: bool = False  # training sizes 60-100 % of the evaluation size (DETR: shorter side 480-800)
+    crop_prob: float = 0.0  # probability of a random crop before resizing
+    crop_min_fraction: float = 0.5  # smallest crop side, as a fraction of the image side
+    rotation_degrees: float = 0.0  # random rotation in [-d, d]; boxes re-fitted around the rotated corners
     num_workers: int = -1  # -1: 0 on small CPU-only machines, else up to 8
     debug_samples: int = 32
+    use_coco_mini: bool = False  # deterministic training subset (and a validation subset a fifth its size)
+    coco_mini_size: str = "1k"  # 1k | 5k | 10k
+    coco_mini_seed: int = 42
+    coco_mini_indices_file: Optional[str] = None  # reuse the subset saved by an earlier run
     test_mini: bool = False
     test_mini_size: int = 30
 
@@ -77,6 +99,8 @@ class TrainConfig:
     lr_backbone: float = 0.0  # backbone / LoRA lr; 0: lr for random-init backbones, lr/10 for pretrained
     weight_decay: float = 1e-4
     grad_clip: float = 0.1
+    unfreeze_at_epoch: int = 0  # >0: backbone frozen for this many epochs, then trained with lr_backbone
+    unfreeze_lr: float = 0.0  # >0: the head's lr after unfreezing (staged fine-tuning); 0 keeps lr
     lr_drop_epoch: int = 0  # 0: after lr_drop_fraction of the epochs
     lr_drop_fraction: float = 0.67  # also of the time budget, when one is set (DETR: 200 of 300 epochs)
     lr_drop_factor: float = 0.1
@@ -102,6 +126,9 @@ class LossConfig:
     set_cost_giou: float = 2.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    no_object_weight: float = 0.1  # softmax classifier: cross-entropy weight of the "no object" class
+    box_loss: str = "l1"  # l1 | smooth_l1
+    smooth_l1_beta: float = 0.1  # boxes are in 0..1, so the quadratic zone is 10 % of the image
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "loss": LossConfig}
@@ -196,7 +223,20 @@ PRESETS: dict[str, dict] = {
         "dino_model": "facebook/dinov3-vitl16-pretrain-lvd1689m", "attention": "standard",
         "encoder_layers": 6, "decoder_layers": 6, "num_queries": 100, "hidden_dim": 256,
         "box_refine": False, "backbone_mode": "frozen", "epochs": 300, "checkpoint_every": 50,
-        "dim_feedforward": 2048, "dropout": 0.1,
+        "dim_feedforward": 2048, "dropout": 0.1, "unfreeze_at_epoch": 100, "lr_backbone": 1e-5,
+        "multi_scale": True, "rotation_degrees": 5.0,  # its README: flip, colour jitter, rotation
+    },
+    # DINOv2 fine-tuning with a YOLO comparison: linear heads, original DETR losses (softmax + no-object weight)
+    "simple": {
+        "classifier": "softmax", "class_mlp_layers": 1, "box_mlp_layers": 1, "cls_loss_coef": 1.0,
+        "set_cost_class": 1.0, "no_object_weight": 0.1,
+    },
+    # ... and its improved model: MLP heads with dropout, focal + smooth-L1 (bbox weight 2.0), and two stages:
+    # backbone frozen, lr 1e-3 for 10 epochs; then everything trained at lr 1e-5 for 5 epochs.
+    "improved": {
+        "class_mlp_layers": 2, "box_mlp_layers": 3, "head_dropout": 0.1, "box_loss": "smooth_l1",
+        "bbox_loss_coef": 2.0, "backbone_mode": "frozen", "lr": 1e-3, "epochs": 15, "unfreeze_at_epoch": 10,
+        "unfreeze_lr": 1e-5, "lr_backbone": 1e-5, "lr_drop_factor": 1.0,
     },
 }
 

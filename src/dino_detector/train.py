@@ -13,10 +13,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(parser.parse_args(argv))
     setup_console()
     from .backbones.dino import PretrainedUnavailableError
+    from .data.download import DownloadError, UnsafeArchiveError
     from .engine.trainer import Trainer
     try:
         metrics = Trainer(cfg).fit()
-    except (PretrainedUnavailableError, FileNotFoundError, ValueError) as err:
+    except (PretrainedUnavailableError, FileNotFoundError, ValueError, DownloadError, UnsafeArchiveError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if metrics is not None:

@@ -136,15 +136,22 @@ class FeatureMap:
 
 
 class DinoBackbone(nn.Module):
-    """Wraps a transformers DINO ViT; returns the last layer's patch tokens as a feature map."""
+    """Wraps a transformers DINO ViT; returns its patch tokens as a feature map: the last block's, or with
+    ``feature_layers`` = n > 1 the outputs of n evenly spaced blocks (the last included), each passed through
+    the ViT's final norm and concatenated along channels (as DINOv2's ``get_intermediate_layers``)."""
 
-    def __init__(self, name: str = "tiny", pretrained: bool = False):
+    def __init__(self, name: str = "tiny", pretrained: bool = False, feature_layers: int = 1):
         super().__init__()
         self.name = name
         self.vit = load_vit(name, pretrained)
         cfg = self.vit.config
+        depth = cfg.num_hidden_layers
+        if not 1 <= feature_layers <= depth:
+            raise ValueError(f"backbone_feature_layers must be 1..{depth} for {name}, got {feature_layers}")
+        # hidden_states[0] is the embedding output; block k's output is hidden_states[k]
+        self.layer_ids = [round(depth * (i + 1) / feature_layers) for i in range(feature_layers)]
         self.patch_size = cfg.patch_size
-        self.num_channels = cfg.hidden_size
+        self.num_channels = cfg.hidden_size * feature_layers
         self.num_prefix_tokens = 1 + getattr(cfg, "num_register_tokens", 0)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
@@ -157,6 +164,16 @@ class DinoBackbone(nn.Module):
         """Padding after normalisation is zero: the mean colour, the same for every batch."""
         image = (image - self.mean) / self.std
         return nn.functional.pad(image, (0, width - image.shape[-1], 0, height - image.shape[-2]))
+
+    def _tokens(self, batch: torch.Tensor) -> torch.Tensor:
+        """Patch tokens [N, h*w, num_channels] (prefix and register tokens dropped)."""
+        if len(self.layer_ids) == 1:
+            tokens = self.vit(pixel_values=batch).last_hidden_state
+        else:
+            states = self.vit(pixel_values=batch, output_hidden_states=True).hidden_states
+            norm = self.vit.norm if hasattr(self.vit, "norm") else self.vit.layernorm  # DINOv3 / DINOv2 name
+            tokens = torch.cat([norm(states[k]) for k in self.layer_ids], -1)
+        return tokens[:, self.num_prefix_tokens:]
 
     def forward(self, images: list[torch.Tensor]) -> FeatureMap:
         """images: list of [3, h_i, w_i] float tensors in [0, 1] (any sizes)."""
@@ -172,7 +189,7 @@ class DinoBackbone(nn.Module):
             groups.setdefault(g, []).append(i)
         for (gh, gw), idx in groups.items():
             batch = torch.stack([self._normalise_and_pad(images[i], gh * p, gw * p) for i in idx])
-            tokens = self.vit(pixel_values=batch).last_hidden_state[:, self.num_prefix_tokens:]
+            tokens = self._tokens(batch)
             fmap = tokens.transpose(1, 2).reshape(len(idx), self.num_channels, gh, gw)
             out[idx, :, :gh, :gw] = fmap.to(out.dtype)
             mask[idx, :gh, :gw] = False

@@ -15,18 +15,26 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 from torchvision.ops import box_convert
+from tqdm import tqdm
 
 from ..config import DataConfig
-from .images import load_image, to_tensor_image
+from .images import ImageReadError, image_problem, load_image, to_tensor_image
 from .transforms import DetectionTransform
 
 log = logging.getLogger(__name__)
 
 
-def load_coco(annotation_file: str | Path):
-    """A pycocotools COCO object, with a clear error for a missing or malformed file."""
+def load_coco(annotation_file: str | Path | dict):
+    """A pycocotools COCO object from a file or an in-memory COCO dict, with a clear error for a missing
+    or malformed file."""
     from pycocotools.coco import COCO
 
+    if isinstance(annotation_file, dict):
+        coco = COCO()
+        coco.dataset = annotation_file
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        return coco
     path = Path(annotation_file)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
@@ -44,8 +52,11 @@ class CocoDetection(Dataset):
     """Items: (image [3, h, w] float 0..1, target) with target boxes (cx, cy, w, h) relative to the
     transformed image, labels (contiguous), image_id and orig_size (h, w)."""
 
-    def __init__(self, images_dir: str | Path, annotation_file: str | Path, cfg: DataConfig, train: bool,
-                 image_ids: list[int] | None = None, limit: int = 0):
+    def __init__(self, images_dir: str | Path, annotation_file: str | Path | dict, cfg: DataConfig, train: bool,
+                 image_ids: list[int] | None = None, limit: int = 0, name: str | None = None):
+        """``annotation_file``: a COCO JSON path or a COCO dict (VOC / YOLO / HF sources are converted to
+        one); ``name`` labels the dataset in messages."""
+        self.name = name or ("dataset" if isinstance(annotation_file, dict) else str(annotation_file))
         self.images_dir = Path(images_dir)
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.images_dir}")
@@ -55,24 +66,47 @@ class CocoDetection(Dataset):
         self.class_names = [c["name"] for c in cats]
         self.label_of = {cid: i for i, cid in enumerate(self.category_ids)}
         ids = sorted(self.coco.getImgIds()) if image_ids is None else list(image_ids)
+        unknown = [i for i in ids if i not in self.coco.imgs]
+        if unknown:
+            raise ValueError(f"{len(unknown)} requested image ids are not in {self.name}, e.g. {unknown[0]} "
+                             f"(a subset or indices file made for another annotation file?)")
         ids = ids[:limit] if limit > 0 else ids
         if not ids:
-            raise ValueError(f"{annotation_file} lists no images")
-        missing = [i for i in ids if not (self.images_dir / self.coco.imgs[i]["file_name"]).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(ids)} images listed in {annotation_file} are missing from "
-                f"{self.images_dir}, e.g. {self.coco.imgs[missing[0]]['file_name']}")
-        self.ids = ids
+            raise ValueError(f"{self.name} lists no images: nothing to train or evaluate on")
+        self.ids = self._readable(ids)
+        self.train = train
         self.transform = DetectionTransform(cfg, train)
         self.skipped = {"crowd": 0, "degenerate": 0, "unknown_category": 0}
         self.targets = {i: self._clean_annotations(i) for i in ids}
         if any(self.skipped.values()):
-            log.warning("%s: annotations left out of training targets: %s", annotation_file, self.skipped)
+            log.warning("%s: annotations left out of training targets: %s", self.name, self.skipped)
 
     @property
     def num_classes(self) -> int:
         return len(self.category_ids)
+
+    def _readable(self, ids: list[int]) -> list[int]:
+        """The ids whose image file exists and has a readable header; the others are reported (counts and
+        names) and left out, before any training starts. Raises when none is left."""
+        bad: dict[str, list[str]] = {"missing": [], "not an image": []}
+        keep = []
+        for i in tqdm(ids, desc=f"check images ({Path(self.name).name})", leave=False, dynamic_ncols=True,
+                      disable=len(ids) < 2000):
+            name = self.coco.imgs[i]["file_name"]
+            problem = image_problem(self.images_dir / name)
+            if problem:
+                bad[problem].append(name)
+            else:
+                keep.append(i)
+        for problem, names in bad.items():
+            if names:
+                log.warning("%s: %d of %d images %s and left out: %s%s", self.name, len(names), len(ids),
+                            "are missing" if problem == "missing" else "are not readable images",
+                            ", ".join(names[:5]), " ..." if len(names) > 5 else "")
+        if not keep:
+            raise ValueError(f"{self.name}: none of its {len(ids)} images in {self.images_dir} can be read "
+                             f"(e.g. {(bad['missing'] or bad['not an image'])[0]})")
+        return keep
 
     def _clean_annotations(self, image_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         info = self.coco.imgs[image_id]
@@ -104,9 +138,19 @@ class CocoDetection(Dataset):
         return self.images_dir / self.coco.imgs[self.ids[index]]["file_name"]
 
     def __getitem__(self, index: int):
+        for step in range(len(self)):
+            try:
+                return self._item((index + step) % len(self))
+            except ImageReadError as err:  # the message names the file
+                if not self.train:
+                    raise  # evaluating a substitute would score the wrong image
+                # broken past its header (a truncated file): warn, and the next image takes its place
+                log.warning("%s; training uses the next image instead", err)
+        raise ValueError(f"{self.name}: none of its images could be decoded")
+
+    def _item(self, index: int):
+        image = to_tensor_image(load_image(self.image_path(index)))
         image_id = self.ids[index]
-        path = self.image_path(index)
-        image = to_tensor_image(load_image(path))  # load_image names the file in any read error
         boxes, labels = self.targets[image_id]
         orig_size = tuple(image.shape[-2:])
         image, boxes = self.transform(image, boxes)

@@ -28,6 +28,19 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageReadError(f"cannot read image {path}: {err}") from None
 
 
+def image_problem(path: Path) -> str | None:
+    """None when ``path`` exists and its header reads as an image; else 'missing' or 'not an image'.
+    Only the header is read: a file truncated further on is caught when it is decoded."""
+    if not path.is_file():
+        return "missing"
+    try:
+        with Image.open(path) as im:
+            im.size
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        return "not an image"
+    return None
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float32)

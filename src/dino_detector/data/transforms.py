@@ -1,4 +1,11 @@
-"""Resizing and augmentation with torchvision.transforms.v2 (boxes move with the image)."""
+"""Resizing and augmentation with torchvision.transforms.v2 (boxes move with the image).
+
+Training augmentation, each switched by the config (``data`` section): random crop (``crop_prob``, sides
+``crop_min_fraction``..1 of the image), multi-scale resize (``multi_scale``: DETR's shorter sides 480..800
+step 32 as fractions of the evaluation size, so with ``--image_size`` they scale down with it), horizontal
+flip (``hflip_prob``; ``--no_flip`` turns it off), colour jitter, and small rotations (``rotation_degrees``)
+after which every box is re-fitted around its rotated corners and clipped to the image.
+"""
 from __future__ import annotations
 
 import torch
@@ -7,14 +14,18 @@ from torchvision.transforms import v2
 
 from ..config import DataConfig
 
+DETR_SHORT_SIDES = tuple(range(480, 801, 32))  # DETR's multi-scale training sizes, evaluated at 800
+SCALE_FACTORS = tuple(s / DETR_SHORT_SIDES[-1] for s in DETR_SHORT_SIDES)
 
-def resize_shape(h: int, w: int, cfg: DataConfig) -> tuple[int, int]:
+
+def resize_shape(h: int, w: int, cfg: DataConfig, factor: float = 1.0) -> tuple[int, int]:
     """Target (h, w), aspect ratio kept: longer side = image_size if set, else shorter = min_size capped
-    so the longer side stays <= max_size (DETR recipe)."""
+    so the longer side stays <= max_size (DETR recipe); ``factor`` scales the result (multi-scale)."""
     if cfg.image_size > 0:
         scale = cfg.image_size / max(h, w)
     else:
         scale = min(cfg.min_size / min(h, w), cfg.max_size / max(h, w))
+    scale *= factor
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
@@ -23,23 +34,46 @@ def resize_for_inference(image: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
     return v2.functional.resize(image, [h, w], antialias=True)
 
 
+def _uniform(low: float, high: float) -> float:
+    return low + (high - low) * torch.rand(()).item()
+
+
 class DetectionTransform:
-    """image tensor [3, H, W] + boxes xyxy pixels -> resized (and, when training, augmented) pair."""
+    """image tensor [3, H, W] + boxes xyxy pixels -> resized (and, when training, augmented) pair. Random
+    draws use torch's generator, so a seeded run repeats exactly."""
 
     def __init__(self, cfg: DataConfig, train: bool):
-        self.cfg = cfg
+        if not 0 < cfg.crop_min_fraction <= 1:
+            raise ValueError(f"crop_min_fraction must be in (0, 1], got {cfg.crop_min_fraction}")
+        self.cfg, self.train = cfg, train
         augment = []
-        if train and cfg.hflip_prob > 0:
+        if train and cfg.flip and cfg.hflip_prob > 0:
             augment.append(v2.RandomHorizontalFlip(cfg.hflip_prob))
         if train and cfg.color_jitter > 0:
             s = cfg.color_jitter
             augment.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s))
+        if train and cfg.rotation_degrees > 0:
+            augment.append(v2.RandomRotation(cfg.rotation_degrees))
         self.augment = v2.Compose(augment) if augment else None
 
+    def _crop(self, image: torch.Tensor, bxs: tv_tensors.BoundingBoxes):
+        h, w = image.shape[-2:]
+        ch, cw = max(1, round(h * _uniform(self.cfg.crop_min_fraction, 1))), max(1, round(w * _uniform(
+            self.cfg.crop_min_fraction, 1)))
+        top, left = int(torch.randint(h - ch + 1, ())), int(torch.randint(w - cw + 1, ()))
+        return v2.functional.crop(image, top, left, ch, cw), v2.functional.crop(bxs, top, left, ch, cw)
+
     def __call__(self, image: torch.Tensor, boxes: torch.Tensor):
-        h, w = resize_shape(image.shape[-2], image.shape[-1], self.cfg)
+        cfg = self.cfg
         bxs = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(image.shape[-2:]))
+        if self.train and cfg.crop_prob > 0 and torch.rand(()).item() < cfg.crop_prob:
+            image, bxs = self._crop(image, bxs)
+        factor = 1.0
+        if self.train and cfg.multi_scale:
+            factor = SCALE_FACTORS[int(torch.randint(len(SCALE_FACTORS), ()))]
+        h, w = resize_shape(image.shape[-2], image.shape[-1], cfg, factor)
         image, bxs = v2.functional.resize(image, [h, w], antialias=True), v2.functional.resize(bxs, [h, w])
         if self.augment is not None:
             image, bxs = self.augment(image, bxs)
+        bxs = v2.functional.clamp_bounding_boxes(bxs)  # crops and rotations leave boxes partly outside
         return image.clamp(0, 1), bxs.as_subclass(torch.Tensor)

@@ -34,7 +34,7 @@ def predict_dataset(model, loader, device, category_ids: list[int], desc: str = 
     results = []
     for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
         outputs = model([im.to(device) for im in images])
-        dets = postprocess(outputs, [t["orig_size"] for t in targets], category_ids)
+        dets = postprocess(outputs, [t["orig_size"] for t in targets], category_ids, softmax=model.softmax)
         for t, det in zip(targets, dets):
             xywh = det["boxes"].clone()
             xywh[:, 2:] -= xywh[:, :2]

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config, DataConfig
-from ..data.build import ImageFolderDataset, build_datasets, make_loader
+from ..data.build import ImageFolderDataset, build_datasets, fetch_requested_data, make_loader
 from ..losses.criterion import build_criterion
 from ..models.detector import DINOv2ObjectDetector
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
@@ -49,19 +49,20 @@ def inherit_resize(data_cfg: DataConfig, saved: dict) -> None:
 
 class LRSchedule:
     """Step drop by ``drop_factor`` at ``drop_epoch`` (0: after ``fraction`` of the epochs) or, under a time
-    budget, after ``fraction`` of the budget, whichever comes first."""
+    budget, after ``fraction`` of the budget, whichever comes first. Every optimizer group carries its
+    undecayed rate as ``base_lr``."""
 
-    def __init__(self, base_lrs: list[float], epochs: int, drop_epoch: int, drop_factor: float,
-                 fraction: float, budget_s: float):
-        self.base_lrs, self.drop_factor, self.budget_s, self.fraction = base_lrs, drop_factor, budget_s, fraction
+    def __init__(self, epochs: int, drop_epoch: int, drop_factor: float, fraction: float, budget_s: float):
+        self.drop_factor, self.budget_s, self.fraction = drop_factor, budget_s, fraction
         self.drop_epoch = drop_epoch if drop_epoch > 0 else max(1, math.ceil(epochs * fraction))
 
     def apply(self, optimizer, epoch: int, elapsed_s: float) -> float:
+        """Sets every group's lr; returns the head's."""
         dropped = epoch >= self.drop_epoch or (self.budget_s > 0 and elapsed_s >= self.budget_s * self.fraction)
         factor = self.drop_factor if dropped else 1.0
-        for group, base in zip(optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * factor
-        return optimizer.param_groups[-1]["lr"]
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        return next(g["lr"] for g in optimizer.param_groups if g["name"] == "head")
 
 
 class Trainer:
@@ -82,12 +83,14 @@ class Trainer:
             ckpt = load_checkpoint(cfg.train.checkpoint)
             if cfg.train.only_evaluate:
                 inherit_resize(cfg.data, ckpt["metadata"].get("data", {}))
+        fetch_requested_data(cfg)
         self.train_set, self.val_set = build_datasets(cfg)
         if self.train_set is None and not cfg.train.only_evaluate:
             raise ValueError("training needs --train_images and --train_annotations (or --only_evaluate)")
+        self.frozen_until = self._check_staged_training()
         self.model = self._build_model(ckpt).to(self.device)
         log.info(self.model.parameter_summary())
-        self.criterion = build_criterion(self.model.num_classes, cfg.loss)
+        self.criterion = build_criterion(self.model.num_classes, cfg.loss, self.model.softmax).to(self.device)
         self.optimizer = self._build_optimizer()
         self.start_epoch, self.step, self.elapsed = 0, 0, 0.0
         self.history: list[dict] = []  # mean training losses per epoch
@@ -97,6 +100,21 @@ class Trainer:
         self.logger = ScalarLogger(cfg.train.log_dir or self.out / "tensorboard")
 
     # ------------------------------------------------------------------ setup
+    def _check_staged_training(self) -> int:
+        """The epoch (0-based) at which a frozen backbone is unfrozen; 0 when training is single-stage."""
+        t, m = self.cfg.train, self.cfg.model
+        if t.unfreeze_at_epoch <= 0 or t.only_evaluate:
+            return 0
+        if m.backbone_mode == "auto":
+            m.backbone_mode = "frozen"
+        elif m.backbone_mode != "frozen":
+            raise ValueError(f"--unfreeze_at_epoch {t.unfreeze_at_epoch} needs a frozen backbone for the first "
+                             f"stage, but --backbone_mode is '{m.backbone_mode}'; use --backbone_mode frozen")
+        if t.unfreeze_at_epoch >= t.epochs:
+            log.warning("--unfreeze_at_epoch %d >= --epochs %d: the backbone stays frozen", t.unfreeze_at_epoch,
+                        t.epochs)
+        return t.unfreeze_at_epoch
+
     def _build_model(self, ckpt: dict | None) -> DINOv2ObjectDetector:
         cfg = self.cfg
         if ckpt is not None and cfg.train.only_evaluate:
@@ -121,22 +139,46 @@ class Trainer:
                     f"settings, or --skip_checkpoint_load to start fresh.\n{str(err)[:500]}") from None
         return model
 
+    def _backbone_lr(self) -> float:
+        # A randomly initialised backbone learns from scratch like the head; a pretrained one is adapted gently.
+        t, m = self.cfg.train, self.cfg.model
+        if t.lr_backbone > 0:
+            return t.lr_backbone
+        return t.lr if not m.pretrained or m.dino_model == "tiny" else t.lr * 0.1
+
     def _build_optimizer(self) -> torch.optim.Optimizer:
         t = self.cfg.train
         backbone = [p for n, p in self.model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
         head = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
-        # A randomly initialised backbone learns from scratch like the head; a pretrained one is adapted gently.
-        lr_backbone = t.lr_backbone if t.lr_backbone > 0 else (
-            t.lr if not self.cfg.model.pretrained or self.cfg.model.dino_model == "tiny" else t.lr * 0.1)
-        groups = [{"params": backbone, "lr": lr_backbone}, {"params": head, "lr": t.lr}]
+        groups = [{"name": "backbone", "params": backbone, "base_lr": self._backbone_lr()},
+                  {"name": "head", "params": head, "base_lr": t.lr}]
         groups = [g for g in groups if g["params"]]
-        self.schedule = LRSchedule([g["lr"] for g in groups], t.epochs, t.lr_drop_epoch, t.lr_drop_factor,
-                                   t.lr_drop_fraction, t.time_budget_min * 60)
+        self.schedule = LRSchedule(t.epochs, t.lr_drop_epoch, t.lr_drop_factor, t.lr_drop_fraction,
+                                   t.time_budget_min * 60)
         return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
 
+    def _unfreeze_backbone(self) -> None:
+        """Staged training (--unfreeze_at_epoch): the frozen backbone becomes trainable with its own lr, and
+        with --unfreeze_lr the head continues at that rate (the ``improved`` preset's second stage)."""
+        t = self.cfg.train
+        params = list(self.model.backbone.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        self.optimizer.add_param_group({"name": "backbone", "params": params, "base_lr": self._backbone_lr(),
+                                        "lr": self._backbone_lr()})
+        if t.unfreeze_lr > 0:
+            for g in self.optimizer.param_groups:
+                if g["name"] == "head":
+                    g["base_lr"] = t.unfreeze_lr
+        self.model.config.backbone_mode = self.cfg.model.backbone_mode = "full"
+        log.info("backbone unfrozen at epoch %d: backbone lr %.1e, head lr %.1e", t.unfreeze_at_epoch + 1,
+                 self._backbone_lr(), t.unfreeze_lr or t.lr)
+
     def _resume(self, ckpt: dict) -> None:
-        self.optimizer.load_state_dict(ckpt["optimizer"])
         self.start_epoch = ckpt["epoch"] + 1
+        if self.frozen_until and self.start_epoch > self.frozen_until:
+            self._unfreeze_backbone()  # unfrozen before the checkpoint: its optimizer has the backbone group
+        self.optimizer.load_state_dict(ckpt["optimizer"])
         self.step, self.elapsed = ckpt.get("step", 0), ckpt.get("elapsed", 0.0)
         self.history = list(ckpt.get("history", []))
         if "rng" in ckpt:
@@ -236,6 +278,8 @@ class Trainer:
         for epoch in range(self.start_epoch, t.epochs):
             # the loader's shuffle order is fixed by (seed, epoch): a resumed run sees the same batches
             loader.generator.manual_seed(t.seed + epoch)
+            if self.frozen_until and epoch == self.frozen_until:
+                self._unfreeze_backbone()
             means, out_of_time = self.train_one_epoch(loader, epoch, deadline)
             self.logger.scalars(means, epoch + 1, "epoch")
             self.history.append({"epoch": epoch + 1, **means})

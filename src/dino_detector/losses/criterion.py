@@ -7,19 +7,29 @@ from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal
 
 from .matcher import HungarianMatcher
 
+BOX_LOSSES = ("l1", "smooth_l1")
+
 
 class SetCriterion(nn.Module):
-    """Sigmoid focal classification loss over every query, L1 and GIoU on matched boxes, each normalised by
-    the number of target boxes in the batch; the same on every auxiliary decoder output (suffix ``_i``) and
-    on the two-stage proposals (suffix ``_enc``)."""
+    """Classification loss over every query (sigmoid focal, or softmax cross-entropy with a down-weighted
+    "no object" class), L1 or smooth-L1 and GIoU on matched boxes, each normalised by the number of target
+    boxes in the batch; the same on every auxiliary decoder output (suffix ``_i``) and on the two-stage
+    proposals (suffix ``_enc``)."""
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, softmax: bool = False,
+                 no_object_weight: float = 0.1, box_loss: str = "l1", smooth_l1_beta: float = 0.1):
         super().__init__()
+        if box_loss not in BOX_LOSSES:
+            raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got '{box_loss}'")
         self.num_classes = num_classes
         self.matcher = matcher
         self.base_weights = dict(weight_dict)
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.softmax, self.box_loss, self.smooth_l1_beta = softmax, box_loss, smooth_l1_beta
+        class_weight = torch.ones(num_classes + 1)
+        class_weight[-1] = no_object_weight
+        self.register_buffer("class_weight", class_weight, persistent=False)
 
     def weight_dict(self, num_aux: int, with_enc: bool = False) -> dict[str, float]:
         """Weights of every loss key: final layer, ``num_aux`` auxiliary layers, two-stage proposals."""
@@ -29,7 +39,14 @@ class SetCriterion(nn.Module):
         return weights
 
     def loss_labels(self, logits: torch.Tensor, targets, indices, num_boxes: float) -> torch.Tensor:
-        """logits [B, Q, C]. Unmatched queries learn 'no object' as all-zero targets."""
+        """logits [B, Q, C] (sigmoid) or [B, Q, C + 1] (softmax). Unmatched queries learn 'no object'."""
+        if self.softmax:
+            classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+            for i, (src, tgt) in enumerate(indices):
+                classes[i, src] = targets[i]["labels"][tgt]
+            # DETR: weighted mean over queries, so the many background queries do not swamp the few objects
+            return nn.functional.cross_entropy(logits.transpose(1, 2), classes,
+                                               weight=self.class_weight.to(logits.dtype))
         onehot = torch.zeros_like(logits)
         for i, (src, tgt) in enumerate(indices):
             onehot[i, src, targets[i]["labels"][tgt]] = 1.0
@@ -48,10 +65,13 @@ class SetCriterion(nn.Module):
         if src.numel() == 0:
             zero = boxes.sum() * 0.0  # keeps the graph connected for DDP / AMP
             return {"loss_bbox": zero, "loss_giou": zero}
-        l1 = nn.functional.l1_loss(src, tgt, reduction="sum") / num_boxes
+        if self.box_loss == "smooth_l1":
+            reg = nn.functional.smooth_l1_loss(src, tgt, beta=self.smooth_l1_beta, reduction="sum")
+        else:
+            reg = nn.functional.l1_loss(src, tgt, reduction="sum")
         giou = generalized_box_iou_loss(box_convert(src, "cxcywh", "xyxy"), box_convert(tgt, "cxcywh", "xyxy"),
-                                        reduction="sum") / num_boxes
-        return {"loss_bbox": l1, "loss_giou": giou}
+                                        reduction="sum")
+        return {"loss_bbox": reg / num_boxes, "loss_giou": giou / num_boxes}
 
     def single(self, outputs: dict, targets: list[dict], num_boxes: float) -> dict[str, torch.Tensor]:
         indices = self.matcher(outputs, targets)
@@ -74,9 +94,11 @@ class SetCriterion(nn.Module):
         return losses
 
 
-def build_criterion(num_classes: int, loss_cfg) -> SetCriterion:
+def build_criterion(num_classes: int, loss_cfg, softmax: bool = False) -> SetCriterion:
+    """``softmax``: the model's class logits have a "no object" column (``classifier: softmax``)."""
     matcher = HungarianMatcher(loss_cfg.set_cost_class, loss_cfg.set_cost_bbox, loss_cfg.set_cost_giou,
-                               loss_cfg.focal_alpha, loss_cfg.focal_gamma)
+                               loss_cfg.focal_alpha, loss_cfg.focal_gamma, softmax)
     weights = {"loss_ce": loss_cfg.cls_loss_coef, "loss_bbox": loss_cfg.bbox_loss_coef,
                "loss_giou": loss_cfg.giou_loss_coef}
-    return SetCriterion(num_classes, matcher, weights, loss_cfg.focal_alpha, loss_cfg.focal_gamma)
+    return SetCriterion(num_classes, matcher, weights, loss_cfg.focal_alpha, loss_cfg.focal_gamma, softmax,
+                        loss_cfg.no_object_weight, loss_cfg.box_loss, loss_cfg.smooth_l1_beta)

@@ -6,18 +6,21 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
+from ..models.heads import class_probabilities
+
 
 class HungarianMatcher(nn.Module):
-    """Cost = w_class * focal class cost + w_bbox * L1(cxcywh) - w_giou * GIoU, as Deformable DETR.
+    """Cost = w_class * class cost + w_bbox * L1(cxcywh) - w_giou * GIoU. The class cost is the focal one of
+    Deformable DETR for sigmoid scores, or DETR's -p(target class) for softmax scores.
 
     One cost matrix for the whole batch (all queries x all targets), split per image before the assignment.
     """
 
     def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
-                 alpha: float = 0.25, gamma: float = 2.0):
+                 alpha: float = 0.25, gamma: float = 2.0, softmax: bool = False):
         super().__init__()
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
-        self.alpha, self.gamma = alpha, gamma
+        self.alpha, self.gamma, self.softmax = alpha, gamma, softmax
 
     @torch.no_grad()
     def forward(self, outputs: dict, targets: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -28,15 +31,19 @@ class HungarianMatcher(nn.Module):
         empty = torch.empty(0, dtype=torch.int64)
         if sum(sizes) == 0:
             return [(empty, empty) for _ in targets]
-        prob = outputs["pred_logits"].flatten(0, 1).float().sigmoid()  # [B*Q, C]
+        prob = class_probabilities(outputs["pred_logits"].flatten(0, 1).float(), self.softmax)  # [B*Q, C]
         boxes = outputs["pred_boxes"].flatten(0, 1).float()
         tgt_labels = torch.cat([t["labels"] for t in targets])
         tgt_boxes = torch.cat([t["boxes"] for t in targets]).float()
 
         p = prob[:, tgt_labels]
-        neg = (1 - self.alpha) * p ** self.gamma * -(1 - p + 1e-8).log()
-        pos = self.alpha * (1 - p) ** self.gamma * -(p + 1e-8).log()
-        cost = (self.cost_class * (pos - neg)
+        if self.softmax:
+            class_cost = -p
+        else:
+            neg = (1 - self.alpha) * p ** self.gamma * -(1 - p + 1e-8).log()
+            pos = self.alpha * (1 - p) ** self.gamma * -(p + 1e-8).log()
+            class_cost = pos - neg
+        cost = (self.cost_class * class_cost
                 + self.cost_bbox * torch.cdist(boxes, tgt_boxes, p=1)
                 - self.cost_giou * generalized_box_iou(box_convert(boxes, "cxcywh", "xyxy"),
                                                        box_convert(tgt_boxes, "cxcywh", "xyxy")))

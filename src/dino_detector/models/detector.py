@@ -12,7 +12,7 @@ from ..backbones.adapters import apply_backbone_mode, count_parameters, resolve_
 from ..backbones.dino import DinoBackbone
 from ..backbones.pyramid import SimpleFeaturePyramid
 from ..config import DataConfig, ModelConfig
-from .heads import inverse_sigmoid
+from .heads import HeadSpec, inverse_sigmoid
 from .position import map_coordinates, map_position_embedding
 from .postprocess import postprocess
 from .two_stage import ProposalSelector
@@ -40,6 +40,8 @@ class DINOv2ObjectDetector(nn.Module):
             cfg.pretrained = pretrained
         if cfg.attention not in ("deformable", "standard"):
             raise ValueError(f"attention must be 'deformable' or 'standard', got '{cfg.attention}'")
+        if cfg.classifier not in ("sigmoid", "softmax"):
+            raise ValueError(f"classifier must be 'sigmoid' or 'softmax', got '{cfg.classifier}'")
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         self.config = cfg
@@ -49,7 +51,7 @@ class DINOv2ObjectDetector(nn.Module):
         if len(self.category_ids) != num_classes or len(self.class_names) != num_classes:
             raise ValueError("category_ids and class_names must have num_classes entries")
 
-        self.backbone = DinoBackbone(cfg.dino_model, cfg.pretrained)
+        self.backbone = DinoBackbone(cfg.dino_model, cfg.pretrained, cfg.backbone_feature_layers)
         self.backbone_mode = resolve_backbone_mode(cfg.backbone_mode, cfg.pretrained, cfg.dino_model)
         cfg.backbone_mode = self.backbone_mode  # stored resolved: a reload without hub weights keeps adapters
         apply_backbone_mode(self.backbone, self.backbone_mode, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
@@ -60,10 +62,11 @@ class DINOv2ObjectDetector(nn.Module):
         layer_args = (d, cfg.num_heads, cfg.dim_feedforward, cfg.dropout, cfg.attention, cfg.num_feature_levels,
                       cfg.num_points)
         self.encoder = Encoder(EncoderLayer(*layer_args), cfg.encoder_layers)
-        self.decoder = Decoder(DecoderLayer(*layer_args), cfg.decoder_layers, d, num_classes, cfg.box_refine,
-                               cfg.box_mlp_layers)
-        self.proposals = (ProposalSelector(d, num_classes, cfg.num_queries, cfg.box_mlp_layers)
-                          if cfg.two_stage else None)
+        heads = HeadSpec(num_classes, cfg.classifier == "softmax", cfg.class_mlp_layers, cfg.box_mlp_layers,
+                         cfg.head_dropout)
+        self.decoder = Decoder(DecoderLayer(*layer_args, shared_values=cfg.decoder_shared_values),
+                               cfg.decoder_layers, d, heads, cfg.box_refine)
+        self.proposals = ProposalSelector(d, heads, cfg.num_queries) if cfg.two_stage else None
         self.query_content = nn.Embedding(cfg.num_queries, d)
         self.query_boxes = nn.Embedding(cfg.num_queries, 4)  # logits of the initial reference boxes
         with torch.no_grad():
@@ -75,6 +78,11 @@ class DINOv2ObjectDetector(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.config.num_classes
+
+    @property
+    def softmax(self) -> bool:
+        """True when the class logits carry a last "no object" column (softmax / cross-entropy)."""
+        return self.config.classifier == "softmax"
 
     def parameter_summary(self) -> str:
         trainable, total = count_parameters(self)
@@ -117,12 +125,17 @@ class DINOv2ObjectDetector(nn.Module):
         attn_levels = FlatLevels([tuple(lvl.tensor.shape[-2:]) for lvl in levels],
                              torch.stack([lvl.valid_ratios for lvl in levels], 1),
                              torch.cat([lvl.mask.flatten(1) for lvl in levels], 1))
-        memory = self.encoder(src, pos, ref_points, attn_levels)
+        first = 0  # tokens before this index are not updated by the encoder (levels are finest first)
+        if self.pyramid.scales[0] > 1 and not self.config.encode_upsampled_level:
+            first = levels[0].tensor.shape[-2] * levels[0].tensor.shape[-1]
+        memory = self.encoder(src, pos, ref_points, attn_levels, first)
         tgt = self.query_content.weight[None].expand(b, -1, -1)
         enc_outputs = None
         if self.proposals is not None:
-            ref_logits, enc_outputs = self.proposals(memory, ref_points, attn_levels.shapes,
-                                                     attn_levels.padding_mask)
+            # proposals come from the encoded tokens (the upsampled level, when not encoded, proposes nothing)
+            ref_logits, enc_outputs = self.proposals(memory[:, first:], ref_points[:, first:],
+                                                     attn_levels.shapes[1:] if first else attn_levels.shapes,
+                                                     attn_levels.padding_mask[:, first:])
             tgt = tgt[:, : ref_logits.shape[1]]
         else:
             ref_logits = self.query_boxes.weight[None].expand(b, -1, -1)
@@ -154,7 +167,8 @@ class DINOv2ObjectDetector(nn.Module):
         inputs = [resize_for_inference(t, self.data_config).to(device) for t in tensors]
         outputs = self(inputs)
         self.train(was_training)
-        dets = postprocess(outputs, [tuple(t.shape[-2:]) for t in tensors], self.category_ids, top_k, threshold)
+        dets = postprocess(outputs, [tuple(t.shape[-2:]) for t in tensors], self.category_ids, top_k, threshold,
+                           self.softmax)
         results = []
         for det in dets:
             names = [self.class_names[i] for i in det["labels"].tolist()]

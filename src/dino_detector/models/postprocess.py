@@ -4,20 +4,22 @@ from __future__ import annotations
 import torch
 from torchvision.ops import box_convert
 
+from .heads import class_probabilities
+
 
 @torch.no_grad()
 def postprocess(outputs: dict, orig_sizes: list[tuple[int, int]], category_ids: list[int] | None = None,
-                top_k: int = 100, threshold: float = 0.0) -> list[dict]:
-    """outputs: pred_logits [B, Q, C], pred_boxes [B, Q, 4] (cx, cy, w, h relative to each image).
+                top_k: int = 100, threshold: float = 0.0, softmax: bool = False) -> list[dict]:
+    """outputs: pred_logits [B, Q, C] (or [B, Q, C + 1] with ``softmax``), pred_boxes [B, Q, 4] (cx, cy, w, h relative to each image).
     orig_sizes: (height, width) per image. Returns per image: boxes [N, 4] xyxy pixels, scores [N],
     labels [N] (contiguous 0..C-1) and category_ids [N] (the dataset's own ids)."""
-    logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
-    b, q, c = logits.shape
-    prob = logits.sigmoid().flatten(1)  # [B, Q*C]
+    probs, boxes = class_probabilities(outputs["pred_logits"], softmax), outputs["pred_boxes"]
+    b, q, c = probs.shape
+    prob = probs.flatten(1)  # [B, Q*C]
     scores, idx = prob.topk(min(top_k, q * c), dim=1)
     query, labels = idx // c, idx % c
     xyxy = box_convert(boxes, "cxcywh", "xyxy")
-    lookup = torch.as_tensor(category_ids if category_ids is not None else range(c), device=logits.device)
+    lookup = torch.as_tensor(category_ids if category_ids is not None else range(c), device=probs.device)
     results = []
     for i, (h, w) in enumerate(orig_sizes):
         scale = torch.tensor([w, h, w, h], dtype=xyxy.dtype, device=xyxy.device)

@@ -11,8 +11,8 @@ import copy
 import torch
 from torch import nn
 
-from .deformable import MSDeformAttn
-from .heads import MLP, box_head, class_head, inverse_sigmoid
+from .deformable import MSDeformAttn, project_values
+from .heads import MLP, HeadSpec, inverse_sigmoid
 from .position import sine_embed
 
 
@@ -46,21 +46,28 @@ class EncoderLayer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, ffn, dropout)
 
-    def forward(self, src, pos, ref_points, levels: FlatLevels):
+    def forward(self, src, pos, ref_points, levels: FlatLevels, first: int = 0):
+        """Updates the tokens from index ``first`` on; every token (earlier ones too) is attended to."""
         q = src + pos
+        keep, src_q, q_q = src[:, :first], src[:, first:], q[:, first:]
         if self.deformable:
-            out = self.attn(q, ref_points, src, levels.shapes, levels.valid_ratios, levels.padding_mask)
+            out = self.attn(q_q, ref_points[:, first:], src, levels.shapes, levels.valid_ratios,
+                            levels.padding_mask)
         else:
-            out = self.attn(q, q, src, key_padding_mask=levels.padding_mask, need_weights=False)[0]
-        return self.ffn(self.norm(src + self.drop(out)))
+            out = self.attn(q_q, q, src, key_padding_mask=levels.padding_mask, need_weights=False)[0]
+        return torch.cat([keep, self.ffn(self.norm(src_q + self.drop(out)))], 1)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, ffn: int, dropout: float, attention: str, levels: int, points: int):
+    """``shared_values``: deformable cross-attention reads values the Decoder projected once for all layers."""
+
+    def __init__(self, dim: int, heads: int, ffn: int, dropout: float, attention: str, levels: int, points: int,
+                 shared_values: bool = False):
         super().__init__()
         self.deformable = attention == "deformable"
         self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.cross_attn = (MSDeformAttn(dim, levels, heads, points) if self.deformable
+        self.cross_attn = (MSDeformAttn(dim, levels, heads, points, project_values=not shared_values)
+                           if self.deformable
                            else nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True))
         self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
@@ -79,33 +86,45 @@ class DecoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
+    """Stack of encoder layers. Tokens before index ``first`` (the upsampled level, when it is not encoded)
+    are read by attention but passed through unchanged: that level alone holds four times the tokens of all
+    coarser levels together, so encoding it would multiply the encoder's cost by about five."""
+
     def __init__(self, layer: EncoderLayer, num_layers: int):
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
 
-    def forward(self, src, pos, ref_points, levels: FlatLevels):
+    def forward(self, src, pos, ref_points, levels: FlatLevels, first: int = 0):
         for layer in self.layers:
-            src = layer(src, pos, ref_points, levels)
+            src = layer(src, pos, ref_points, levels, first)
         return src
 
 
 class Decoder(nn.Module):
     """Returns per-layer class logits [L, B, Q, C] and boxes [L, B, Q, 4] (cx, cy, w, h in 0..1)."""
 
-    def __init__(self, layer: DecoderLayer, num_layers: int, dim: int, num_classes: int, box_refine: bool,
-                 box_mlp_layers: int):
+    def __init__(self, layer: DecoderLayer, num_layers: int, dim: int, heads: HeadSpec, box_refine: bool):
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.query_pos_head = MLP(2 * dim, dim, dim, 2)
         self.box_refine = box_refine
         n_box = num_layers if box_refine else 1
-        self.bbox_heads = nn.ModuleList(box_head(dim, box_mlp_layers) for _ in range(n_box))
-        self.class_heads = nn.ModuleList(class_head(dim, num_classes) for _ in range(num_layers))
+        self.bbox_heads = nn.ModuleList(heads.box_head(dim) for _ in range(n_box))
+        self.class_heads = nn.ModuleList(heads.class_head(dim) for _ in range(num_layers))
         self.dim = dim
+        # One value projection of the memory for every layer, when the layers were built without their own:
+        # the memory holds thousands of tokens and its projection dominates a CPU step otherwise.
+        shared = layer.deformable and layer.cross_attn.value_proj is None
+        self.value_proj = nn.Linear(dim, dim) if shared else None
+        if shared:
+            nn.init.xavier_uniform_(self.value_proj.weight)
+            nn.init.zeros_(self.value_proj.bias)
 
     def forward(self, tgt, ref_logits, memory, memory_pos, levels: FlatLevels):
         """tgt [B, Q, C] query content; ref_logits [B, Q, 4] initial boxes before the sigmoid."""
         ref = ref_logits.sigmoid()
+        if self.value_proj is not None:
+            memory = project_values(self.value_proj, memory, levels.padding_mask)
         all_logits, all_boxes = [], []
         for i, layer in enumerate(self.layers):
             query_pos = self.query_pos_head(sine_embed(ref, self.dim // 2))

@@ -11,18 +11,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .heads import box_head, class_head, inverse_sigmoid
+from .heads import HeadSpec, class_probabilities, inverse_sigmoid
 
 BASE_PROPOSAL_SIZE = 0.05  # proposal side on the finest level, as a fraction of the image
 BORDER = 0.01  # centres closer than this to the image border are not proposed
 
 
 class ProposalSelector(nn.Module):
-    def __init__(self, dim: int, num_classes: int, num_queries: int, box_mlp_layers: int):
+    def __init__(self, dim: int, heads: HeadSpec, num_queries: int):
         super().__init__()
         self.project = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
-        self.class_head = class_head(dim, num_classes)
-        self.box_head = box_head(dim, box_mlp_layers)
+        self.class_head = heads.class_head(dim)
+        self.box_head = heads.box_head(dim)
+        self.softmax = heads.softmax
         self.num_queries = num_queries
 
     def forward(self, memory: torch.Tensor, centres: torch.Tensor, shapes: list[tuple[int, int]],
@@ -36,7 +37,7 @@ class ProposalSelector(nn.Module):
         feats = self.project(memory.masked_fill(invalid[..., None], 0.0))
         logits = self.class_head(feats)
         box_logits = self.box_head(feats) + inverse_sigmoid(proposals)
-        scores = logits.max(-1).values.masked_fill(invalid, float("-inf"))
+        scores = class_probabilities(logits, self.softmax).max(-1).values.masked_fill(invalid, float("-inf"))
         k = min(self.num_queries, scores.shape[1])
         top = scores.topk(k, dim=1).indices
 
