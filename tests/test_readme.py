@@ -50,6 +50,10 @@ def test_every_flag_the_readme_names_exists(capsys):
     known = set()
     for module in (train, download, info, demo):
         known |= help_flags(module.main, capsys)
+    from torch.distributed.run import get_args_parser  # the README's torchrun lines
+
+    known |= set(get_args_parser()._option_string_actions)
+    known.add("--logdir")  # tensorboard's own flag
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_]+", README.read_text()))
     assert named, "the README names no flags?"
     assert named - known == set()

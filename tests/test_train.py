@@ -154,7 +154,9 @@ def test_checkpoint_of_another_architecture_exits_with_code_2(one_epoch_run, tin
                  "--checkpoint", str(out / "dino_detector_final.pth"))
     assert code == 2
     err = capsys.readouterr().err
-    assert "does not fit" in err and "hidden_dim=256" in err
+    assert "does not fit" in err and "hidden_dim: checkpoint 256, now 128" in err
+    assert "different settings (1)" in err  # only the setting that differs is listed
+    assert "encoder.layers.0.attn.value_proj.weight: checkpoint (256, 256), model (128, 128)" in err
     assert "Traceback" not in err
 
 

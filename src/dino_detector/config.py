@@ -104,16 +104,28 @@ class TrainConfig:
     lr_drop_epoch: int = 0  # 0: after lr_drop_fraction of the epochs
     lr_drop_fraction: float = 0.67  # also of the time budget, when one is set (DETR: 200 of 300 epochs)
     lr_drop_factor: float = 0.1
-    grad_accum_steps: int = 1
+    lr_schedule: str = "step"  # step (drop by lr_drop_factor) | cosine (down to lr * lr_min_factor)
+    lr_min_factor: float = 0.01
+    warmup_steps: int = 0  # linear lr warm-up over this many optimizer steps
+    layer_decay: float = 1.0  # <1: layer-wise lr decay over the blocks of a tuned backbone
+    grad_accum_steps: int = 1  # optimizer step every N batches; equals an N x larger batch
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = False
+    amp: bool = False  # autocast: bf16 (CUDA, or CPUs with bf16 units) or fp16 with a gradient scaler (CUDA)
+    amp_dtype: str = "bf16"  # bf16 | fp16
+    ema: bool = False  # exponential moving average of the weights, evaluated and saved beside them
+    ema_decay: float = 0.9998
+    find_unused_parameters: bool = False  # DDP: only for models with parameters a step may not use
     time_budget_min: float = 0.0  # >0: stop training after this many minutes, then evaluate
-    checkpoint_every: int = 10
+    checkpoint_every: int = 10  # dino_detector_epoch_N.pth every N epochs; dino_detector_last.pth every epoch
+    keep_checkpoints: int = 0  # >0: keep only the newest K epoch checkpoints
     eval_every: int = 5
     score_threshold: float = 0.5  # for precision / recall style metrics
-    log_frequency: int = 10
-    log_dir: Optional[str] = None
+    log_frequency: int = 10  # optimizer steps between TensorBoard scalar points
+    log_dir: Optional[str] = None  # default: <output_dir>/tensorboard[/<experiment_name>]
+    experiment_name: Optional[str] = None
+    log_images: bool = False  # training images with true (green) and predicted (red) boxes
+    log_images_frequency: int = 50  # optimizer steps between logged images
 
 
 @dataclass

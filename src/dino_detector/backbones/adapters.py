@@ -8,6 +8,9 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 BACKBONE_MODES = ("auto", "frozen", "lora", "full")
+# The masked-image-modelling token of DINOv2 / DINOv3: detection never masks patches, so it never gets a
+# gradient; kept frozen so DDP need not search every step for parameters without gradients.
+UNUSED_IN_DETECTION = ("mask_token",)
 
 
 def resolve_backbone_mode(mode: str, pretrained: bool, dino_model: str) -> str:
@@ -33,6 +36,7 @@ def apply_backbone_mode(backbone: nn.Module, mode: str, rank: int, alpha: int, d
                         target_modules: list[str], last_n_blocks: int) -> None:
     """Freeze / wrap with LoRA / leave trainable, in place on ``backbone.vit``."""
     if mode == "full":
+        unfreeze(backbone)
         return
     for p in backbone.vit.parameters():
         p.requires_grad_(False)
@@ -44,6 +48,16 @@ def apply_backbone_mode(backbone: nn.Module, mode: str, rank: int, alpha: int, d
                               list(target_modules), last_n_blocks)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=regex, bias="none")
     backbone.vit = inject_adapter_in_model(config, backbone.vit)
+
+
+def unfreeze(backbone: nn.Module) -> list[nn.Parameter]:
+    """Make every backbone weight trainable except those detection never uses; returns them."""
+    params = []
+    for name, p in backbone.named_parameters():
+        p.requires_grad_(not name.endswith(UNUSED_IN_DETECTION))
+        if p.requires_grad:
+            params.append(p)
+    return params
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..config import Config
+from ..engine.distributed import ShardSampler
 from .coco import CocoDetection, collate, load_coco
 from .coco_mini import load_indices, make_indices, save_indices
 from .formats import FORMATS, detect_format, read_voc, read_yolo
@@ -123,10 +124,19 @@ def build_datasets(cfg: Config) -> tuple[CocoDetection | None, CocoDetection | N
     return train, val
 
 
-def make_loader(dataset: Dataset, cfg: Config, device: torch.device, shuffle: bool) -> DataLoader:
+def make_loader(dataset: Dataset, cfg: Config, device: torch.device, shuffle: bool, rank: int = 0,
+                world: int = 1) -> DataLoader:
+    """Training (``shuffle``): a DistributedSampler, also for one process, so the order of an epoch is a
+    function of (seed, epoch) alone and process r of W takes every W-th image of it: W processes with
+    batch b see the same images per step as one process with batch W x b. Evaluation:
+    strided shards without padding (every image predicted once). The trainer calls ``sampler.set_epoch``."""
     workers = resolve_num_workers(cfg.data.num_workers, device)
-    generator = torch.Generator().manual_seed(cfg.train.seed)
-    return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle, collate_fn=collate,
+    if shuffle:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed)
+    else:
+        sampler = ShardSampler(len(dataset), rank, world)
+    generator = torch.Generator().manual_seed(cfg.train.seed)  # worker seeds; reseeded every epoch
+    return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=collate,
                       num_workers=workers, generator=generator, persistent_workers=workers > 0,
                       pin_memory=device.type == "cuda")
 

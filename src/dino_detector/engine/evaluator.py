@@ -28,12 +28,16 @@ MATCH_IOU = 0.5
 
 
 @torch.no_grad()
-def predict_dataset(model, loader, device, category_ids: list[int], desc: str = "evaluate") -> list[dict]:
-    """COCO results list: image_id, category_id (dataset ids), bbox [x, y, w, h] original pixels, score."""
+def predict_dataset(model, loader, device, category_ids: list[int], desc: str = "evaluate",
+                    on_outputs=None, progress: bool = True) -> list[dict]:
+    """COCO results list: image_id, category_id (dataset ids), bbox [x, y, w, h] original pixels, score.
+    ``on_outputs(outputs, targets)`` sees every batch's raw outputs (the trainer's validation loss)."""
     model.eval()
     results = []
-    for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress):
         outputs = model([im.to(device) for im in images])
+        if on_outputs is not None:
+            on_outputs(outputs, targets)
         dets = postprocess(outputs, [t["orig_size"] for t in targets], category_ids, softmax=model.softmax)
         for t, det in zip(targets, dets):
             xywh = det["boxes"].clone()
@@ -84,10 +88,14 @@ def threshold_metrics(coco_gt, results: list[dict], score_threshold: float,
             by_image.setdefault(r["image_id"], []).append(r)
     tp = n_det = n_gt = localised = correct_class = 0
     ious = []
+    det_per_class: dict[int, int] = {}
+    tp_per_class: dict[int, int] = {}
     for image_id in ids:
         gts = [a for a in coco_gt.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
         dets = sorted(by_image.get(image_id, []), key=lambda r: -r["score"])
         n_det, n_gt = n_det + len(dets), n_gt + len(gts)
+        for d in dets:
+            det_per_class[d["category_id"]] = det_per_class.get(d["category_id"], 0) + 1
         if not dets or not gts:
             continue
         iou = box_iou(_xyxy([d["bbox"] for d in dets]), _xyxy([g["bbox"] for g in gts]))
@@ -104,13 +112,18 @@ def threshold_metrics(coco_gt, results: list[dict], score_threshold: float,
             if cand[j] >= MATCH_IOU:
                 used[j] = True
                 tp += 1
+                tp_per_class[d["category_id"]] = tp_per_class.get(d["category_id"], 0) + 1
                 ious.append(float(cand[j]))
     precision = tp / n_det if n_det else 0.0
     recall = tp / n_gt if n_gt else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1,
             "mean_iou": float(np.mean(ious)) if ious else 0.0,
-            "accuracy": correct_class / localised if localised else 0.0, "score_threshold": score_threshold}
+            "accuracy": correct_class / localised if localised else 0.0, "score_threshold": score_threshold,
+            # per class: true positives / detections of that class (-1 where it has no detection)
+            "per_class_precision": {c["name"]: tp_per_class.get(c["id"], 0) / det_per_class[c["id"]]
+                                    if det_per_class.get(c["id"]) else -1.0
+                                    for c in coco_gt.dataset["categories"]}}
 
 
 def _xyxy(boxes: list[list[float]]) -> torch.Tensor:
@@ -119,12 +132,19 @@ def _xyxy(boxes: list[list[float]]) -> torch.Tensor:
     return t
 
 
-def evaluate(model, loader, device, coco_gt, category_ids, score_threshold: float = 0.5,
-             image_ids: list[int] | None = None) -> tuple[dict, list[dict], str]:
-    """Run the model over ``loader`` and score it: (metrics, COCO results, printed table)."""
-    results = predict_dataset(model, loader, device, category_ids)
+def score_results(coco_gt, results: list[dict], score_threshold: float = 0.5,
+                  image_ids: list[int] | None = None) -> tuple[dict, str]:
+    """COCO metrics and threshold metrics of a results list: (metrics, printed table)."""
     metrics, table = coco_evaluate(coco_gt, results, image_ids)
     metrics.update(threshold_metrics(coco_gt, results, score_threshold, image_ids))
     metrics["mAP50"] = metrics["AP50"]
     metrics["num_images"] = len(image_ids) if image_ids is not None else len(coco_gt.getImgIds())
+    return metrics, table
+
+
+def evaluate(model, loader, device, coco_gt, category_ids, score_threshold: float = 0.5,
+             image_ids: list[int] | None = None) -> tuple[dict, list[dict], str]:
+    """Run the model over ``loader`` and score it: (metrics, COCO results, printed table)."""
+    results = predict_dataset(model, loader, device, category_ids)
+    metrics, table = score_results(coco_gt, results, score_threshold, image_ids)
     return metrics, results, table

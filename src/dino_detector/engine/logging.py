@@ -1,4 +1,10 @@
-"""Run logging: console logger, TensorBoard writer (optional), JSON files written atomically."""
+"""Run logging: console logger, TensorBoard writer, JSON files written atomically.
+
+TensorBoard tags (``RunLogger``): ``train/<loss term>`` and ``train/loss``, ``lr/<group>``,
+``val/<COCO metric>`` and ``val/loss*``, ``val_per_class_AP/<class>``, ``val_per_class_precision/<class>``,
+``memory/<counter>``, ``perf/images_per_s``, ``params/<block>`` and ``grads/<block>`` histograms, and
+``images/train`` (true boxes green, predictions red) with ``--log_images``.
+"""
 from __future__ import annotations
 
 import json
@@ -6,6 +12,10 @@ import logging
 import os
 import sys
 from pathlib import Path
+
+import torch
+
+TRUE_COLOUR, PRED_COLOUR = "lime", "red"
 
 
 def setup_console(level: int = logging.INFO) -> None:
@@ -26,23 +36,68 @@ def write_json(obj, path: str | Path, indent: int | None = 2) -> None:
     os.replace(tmp, path)
 
 
-class ScalarLogger:
-    """TensorBoard scalars when tensorboard is installed; a no-op otherwise."""
+def histogram_group(name: str) -> str:
+    """Parameter name -> its block: up to the first numeric part ("decoder.layers.0", "backbone.vit.encoder
+    .layer.3"), else its first three parts. Hundreds of tensors become a few dozen readable histograms."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return ".".join(parts[:3])
 
-    def __init__(self, log_dir: str | Path):
+
+def draw_boxes(image: torch.Tensor, true_xyxy: torch.Tensor, pred_xyxy: torch.Tensor) -> torch.Tensor:
+    """[3, H, W] float in 0..1 -> uint8 [3, H, W] with true boxes in green and predictions in red."""
+    from torchvision.utils import draw_bounding_boxes
+
+    canvas = (image.detach().float().clamp(0, 1) * 255).to(torch.uint8).cpu()
+    if len(true_xyxy):
+        canvas = draw_bounding_boxes(canvas, true_xyxy.detach().float().cpu(), colors=TRUE_COLOUR, width=2)
+    if len(pred_xyxy):
+        canvas = draw_bounding_boxes(canvas, pred_xyxy.detach().float().cpu(), colors=PRED_COLOUR, width=1)
+    return canvas
+
+
+class RunLogger:
+    """TensorBoard events of one run; a no-op when disabled (non-zero ranks) or tensorboard is missing."""
+
+    def __init__(self, log_dir: str | Path, enabled: bool = True):
+        self.writer = None
+        if not enabled:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(log_dir))
         except ImportError:
             logging.getLogger(__name__).warning("tensorboard is not installed: no event files are written")
-            self.writer = None
 
     def scalars(self, values: dict, step: int, prefix: str) -> None:
         if self.writer is None:
             return
         for k, v in values.items():
-            if isinstance(v, (int, float)):
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
                 self.writer.add_scalar(f"{prefix}/{k}", v, step)
+
+    def histograms(self, model: torch.nn.Module, step: int) -> None:
+        """Trainable parameters and their gradients, one histogram per block (see ``histogram_group``)."""
+        if self.writer is None:
+            return
+        params: dict[str, list[torch.Tensor]] = {}
+        grads: dict[str, list[torch.Tensor]] = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                group = histogram_group(name)
+                params.setdefault(group, []).append(p.detach().float().flatten().cpu())
+                if p.grad is not None:
+                    grads.setdefault(group, []).append(p.grad.detach().float().flatten().cpu())
+        for prefix, groups in (("params", params), ("grads", grads)):
+            for group, values in groups.items():
+                self.writer.add_histogram(f"{prefix}/{group}", torch.cat(values), step)
+
+    def image(self, tag: str, image: torch.Tensor, true_xyxy: torch.Tensor, pred_xyxy: torch.Tensor,
+              step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_image(tag, draw_boxes(image, true_xyxy, pred_xyxy), step)
 
     def close(self) -> None:
         if self.writer is not None:

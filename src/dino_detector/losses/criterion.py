@@ -38,15 +38,22 @@ class SetCriterion(nn.Module):
             weights.update({f"{k}_{suffix}": v for k, v in self.base_weights.items()})
         return weights
 
-    def loss_labels(self, logits: torch.Tensor, targets, indices, num_boxes: float) -> torch.Tensor:
+    def loss_labels(self, logits: torch.Tensor, targets, indices, num_boxes: float,
+                    num_images: float | None = None) -> torch.Tensor:
         """logits [B, Q, C] (sigmoid) or [B, Q, C + 1] (softmax). Unmatched queries learn 'no object'."""
         if self.softmax:
             classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
             for i, (src, tgt) in enumerate(indices):
                 classes[i, src] = targets[i]["labels"][tgt]
-            # DETR: weighted mean over queries, so the many background queries do not swamp the few objects
-            return nn.functional.cross_entropy(logits.transpose(1, 2), classes,
-                                               weight=self.class_weight.to(logits.dtype))
+            # DETR: mean over queries weighted by class, so the many background queries do not swamp the few
+            # objects. Its denominator (sum of weights: 1 per matched query, no_object_weight per other one)
+            # comes from the counts of the whole step, so split batches (DDP, accumulation) give the same loss.
+            ce = nn.functional.cross_entropy(logits.transpose(1, 2), classes,
+                                             weight=self.class_weight.to(logits.dtype), reduction="sum")
+            num_images = len(targets) if num_images is None else num_images
+            matched = min(num_boxes, num_images * logits.shape[1])
+            no_object = num_images * logits.shape[1] - matched
+            return ce / max(matched + float(self.class_weight[-1]) * no_object, 1e-6)
         onehot = torch.zeros_like(logits)
         for i, (src, tgt) in enumerate(indices):
             onehot[i, src, targets[i]["labels"][tgt]] = 1.0
@@ -73,24 +80,30 @@ class SetCriterion(nn.Module):
                                         reduction="sum")
         return {"loss_bbox": reg / num_boxes, "loss_giou": giou / num_boxes}
 
-    def single(self, outputs: dict, targets: list[dict], num_boxes: float) -> dict[str, torch.Tensor]:
+    def single(self, outputs: dict, targets: list[dict], num_boxes: float,
+               num_images: float) -> dict[str, torch.Tensor]:
         indices = self.matcher(outputs, targets)
-        losses = {"loss_ce": self.loss_labels(outputs["pred_logits"], targets, indices, num_boxes)}
+        losses = {"loss_ce": self.loss_labels(outputs["pred_logits"], targets, indices, num_boxes, num_images)}
         losses.update(self.loss_boxes(outputs["pred_boxes"], targets, indices, num_boxes))
         return losses
 
-    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, torch.Tensor]:
-        num_boxes = float(sum(len(t["labels"]) for t in targets))
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            n = torch.tensor(num_boxes, device=outputs["pred_logits"].device)
-            torch.distributed.all_reduce(n)
-            num_boxes = n.item() / torch.distributed.get_world_size()
+    def forward(self, outputs: dict, targets: list[dict], num_boxes: float | None = None,
+                num_images: float | None = None) -> dict[str, torch.Tensor]:
+        """``num_boxes`` / ``num_images``: the normalisers of one optimizer step, per process (the totals over
+        every process and accumulated batch, divided by the number of processes). The trainer passes them,
+        so that DDP's gradient mean and accumulation's gradient sum equal one large batch; left out, they
+        are this batch's own counts."""
+        if num_boxes is None:
+            num_boxes = float(sum(len(t["labels"]) for t in targets))
+        if num_images is None:
+            num_images = float(len(targets))
         num_boxes = max(num_boxes, 1.0)
-        losses = self.single(outputs, targets, num_boxes)
+        losses = self.single(outputs, targets, num_boxes, num_images)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            losses.update({f"{k}_{i}": v for k, v in self.single(aux, targets, num_boxes).items()})
+            losses.update({f"{k}_{i}": v for k, v in self.single(aux, targets, num_boxes, num_images).items()})
         if "enc_outputs" in outputs:  # two-stage proposals learn from the same set loss
-            losses.update({f"{k}_enc": v for k, v in self.single(outputs["enc_outputs"], targets, num_boxes).items()})
+            enc = self.single(outputs["enc_outputs"], targets, num_boxes, num_images)
+            losses.update({f"{k}_enc": v for k, v in enc.items()})
         return losses
 
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+OFFSET_INIT_SHIFT = 0.1  # cells; see MSDeformAttn.reset_parameters
+
 
 def ms_deform_attn_core(value: torch.Tensor, spatial_shapes: list[tuple[int, int]],
                         sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
@@ -69,7 +71,10 @@ class MSDeformAttn(nn.Module):
         grid = grid.view(self.heads, 1, 1, 2).repeat(1, self.levels, self.points, 1)
         grid = grid * torch.arange(1, self.points + 1, dtype=torch.float32).view(1, 1, -1, 1)
         with torch.no_grad():
-            self.sampling_offsets.bias.copy_(grid.flatten())
+            # Shifted off the integers: the encoder's reference points are cell centres, so integer offsets
+            # would put every initial sample exactly on a cell centre, where bilinear sampling has a kink and
+            # its gradient depends on float rounding, i.e. on how far the image happens to be padded.
+            self.sampling_offsets.bias.copy_(grid.flatten() + OFFSET_INIT_SHIFT)
         nn.init.zeros_(self.attention_weights.weight)
         nn.init.zeros_(self.attention_weights.bias)
         for lin in (self.value_proj, self.output_proj):

@@ -68,12 +68,14 @@ class DINOv2ObjectDetector(nn.Module):
                                cfg.decoder_layers, d, heads, cfg.box_refine)
         self.proposals = ProposalSelector(d, heads, cfg.num_queries) if cfg.two_stage else None
         self.query_content = nn.Embedding(cfg.num_queries, d)
-        self.query_boxes = nn.Embedding(cfg.num_queries, 4)  # logits of the initial reference boxes
-        with torch.no_grad():
-            g = torch.Generator().manual_seed(0)
-            centres = torch.rand(cfg.num_queries, 2, generator=g)
-            sizes = torch.full((cfg.num_queries, 2), INITIAL_BOX_SIZE)
-            self.query_boxes.weight.copy_(inverse_sigmoid(torch.cat([centres, sizes], -1)))
+        self.query_boxes = None  # two-stage: the proposals are the reference boxes
+        if not cfg.two_stage:
+            self.query_boxes = nn.Embedding(cfg.num_queries, 4)  # logits of the initial reference boxes
+            with torch.no_grad():
+                g = torch.Generator().manual_seed(0)
+                centres = torch.rand(cfg.num_queries, 2, generator=g)
+                sizes = torch.full((cfg.num_queries, 2), INITIAL_BOX_SIZE)
+                self.query_boxes.weight.copy_(inverse_sigmoid(torch.cat([centres, sizes], -1)))
 
     @property
     def num_classes(self) -> int:
