@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {"train": "train", "demo": "demo", "info": "info", "download": "download"}
+COMMANDS = {"train": "train", "demo": "demo", "info": "info", "download": "download", "pretrain": "pretrain"}
 
 
 def main(argv: list[str] | None = None) -> int:

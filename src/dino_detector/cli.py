@@ -19,19 +19,24 @@ def _cli_type(annotation):
     return annotation
 
 
+def add_dataclass_arguments(parser: argparse.ArgumentParser, klass, title: str) -> None:
+    """One flag per field of ``klass`` (unset flags stay None, so defaults come from the dataclass)."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(klass)
+    for f in dataclasses.fields(klass):
+        kind = _cli_type(hints[f.name])
+        if kind is bool:
+            group.add_argument(f"--{f.name}", dest=f.name, action="store_const", const=True, default=None)
+            group.add_argument(f"--no_{f.name}", dest=f.name, action="store_const", const=False, default=None)
+        elif kind is list:
+            group.add_argument(f"--{f.name}", dest=f.name, nargs="+", default=None)
+        else:
+            group.add_argument(f"--{f.name}", dest=f.name, type=kind, default=None)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, sections: typing.Iterable[str] = tuple(SECTIONS)):
     for section in sections:
-        group = parser.add_argument_group(section)
-        hints = typing.get_type_hints(SECTIONS[section])
-        for f in dataclasses.fields(SECTIONS[section]):
-            kind = _cli_type(hints[f.name])
-            if kind is bool:
-                group.add_argument(f"--{f.name}", dest=f.name, action="store_const", const=True, default=None)
-                group.add_argument(f"--no_{f.name}", dest=f.name, action="store_const", const=False, default=None)
-            elif kind is list:
-                group.add_argument(f"--{f.name}", dest=f.name, nargs="+", default=None)
-            else:
-                group.add_argument(f"--{f.name}", dest=f.name, type=kind, default=None)
+        add_dataclass_arguments(parser, SECTIONS[section], section)
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ import sys
 import torch
 
 from .backbones.dino import ARCHITECTURES, _classes, architecture_config
+from .backbones.flexible import FLEXIBLE_ARCHITECTURES, FlexibleEncoder
 
 
 def backbone_rows() -> list[dict]:
@@ -22,6 +23,13 @@ def backbone_rows() -> list[dict]:
         rows.append({"name": name, "family": family, "hidden": cfg.hidden_size, "layers": cfg.num_hidden_layers,
                      "heads": cfg.num_attention_heads, "patch": cfg.patch_size,
                      "registers": getattr(cfg, "num_register_tokens", 0),
+                     "params": sum(p.numel() for p in model.parameters())})
+    for name in FLEXIBLE_ARCHITECTURES:  # our conv-stem encoder: pretrain it with dino_detector.pretrain
+        with torch.device("meta"):
+            model = FlexibleEncoder(name)
+        cfg = model.config
+        rows.append({"name": name, "family": "flexible", "hidden": cfg.hidden_size, "layers": cfg.num_hidden_layers,
+                     "heads": cfg.num_attention_heads, "patch": cfg.patch_size, "registers": 0,
                      "params": sum(p.numel() for p in model.parameters())})
     return rows
 

@@ -14,13 +14,19 @@ UNUSED_IN_DETECTION = ("mask_token",)
 
 
 def resolve_backbone_mode(mode: str, pretrained: bool, dino_model: str) -> str:
-    """'auto' adapts pretrained weights with LoRA; random weights (tiny, --no_pretrained) are trained fully,
-    since low-rank updates of random features cannot learn a useful representation."""
+    """'auto' adapts published pretrained weights with LoRA; random weights (tiny, flexible-*,
+    --no_pretrained) and our own small pretrained encoders (``pretrain`` files) are trained fully, since
+    low-rank updates of random features cannot learn a useful representation."""
     if mode not in BACKBONE_MODES:
         raise ValueError(f"backbone_mode must be one of {BACKBONE_MODES}, got '{mode}'")
     if mode != "auto":
         return mode
-    return "lora" if pretrained and dino_model != "tiny" else "full"
+    from .encoder_file import encoder_path
+    from .flexible import is_flexible
+
+    # our own encoders (random flexible ones, or pretrained on the user's domain) are small: train them fully
+    own = dino_model == "tiny" or is_flexible(dino_model) or encoder_path(dino_model) is not None
+    return "lora" if pretrained and not own else "full"
 
 
 def lora_target_regex(block_prefix: str, num_blocks: int, modules: list[str], last_n_blocks: int) -> str:

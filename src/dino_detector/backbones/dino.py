@@ -83,7 +83,15 @@ def architecture_config(name: str):
 
 
 def load_vit(name: str, pretrained: bool) -> nn.Module:
-    """A transformers ViT for ``name``: random weights from the table, or pretrained from hub/folder."""
+    """A ViT for ``name``: random weights from the table, pretrained from hub / folder, our flexible encoder
+    (random weights), or an encoder file written by ``pretrain`` (its weights unless ``pretrained`` is False)."""
+    from .encoder_file import encoder_path, load_encoder
+    from .flexible import FlexibleEncoder, is_flexible
+
+    if is_flexible(name):
+        return FlexibleEncoder(name)  # no published weights: pretrain it (python -m dino_detector.pretrain)
+    if (path := encoder_path(name)) is not None:
+        return load_encoder(path, weights=pretrained)
     if not pretrained or name == "tiny":
         if os.path.isdir(name) and name not in ARCHITECTURES:  # a local model folder: its own config.json
             from transformers import AutoConfig, AutoModel

@@ -68,6 +68,13 @@ def sum_across_processes(values: list[float], device: torch.device) -> list[floa
     return t.tolist()
 
 
+def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` in place over every process; ``t`` itself in a single process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
 def gather_objects(obj) -> list:
     """Every process's ``obj``, in rank order (``[obj]`` in a single process)."""
     if not dist.is_initialized():

@@ -1,0 +1,1 @@
+"""Self-supervised pretraining of encoders: DINO + iBOT + VICReg + KoLeo."""

@@ -1,0 +1,70 @@
+"""The flexible encoder: any input size, maps at strides 8 / 16 / 32, and a drop-in detection backbone."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import build_small_detector
+from dino_detector.backbones.adapters import resolve_backbone_mode
+from dino_detector.backbones.flexible import FlexibleEncoder
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    return FlexibleEncoder("flexible-tiny").eval()
+
+
+@pytest.mark.parametrize("size", [(224, 224), (333, 517), (640, 480)])
+def test_maps_at_strides_8_16_32_for_any_input_size(encoder, size):
+    h, w = size
+    with torch.no_grad():
+        maps = encoder.maps(torch.rand(1, 3, h, w))
+    assert sorted(maps) == [8, 16, 32]
+    ph, pw = -(-h // 16) * 16, -(-w // 16) * 16  # padded to the ViT grid
+    for stride, fmap in maps.items():
+        assert fmap.shape[-2:] == (-(-ph // stride), -(-pw // stride)), stride
+        assert fmap.shape[-2] * stride >= h and fmap.shape[-1] * stride >= w  # the whole image is covered
+    assert maps[16].shape[1] == maps[32].shape[1] == encoder.config.hidden_size
+    assert torch.isfinite(maps[32]).all() and maps[16].std() > 0
+
+
+def test_positions_are_computed_for_the_grid_not_learned(encoder):
+    # nothing in the state dict depends on the input resolution
+    assert not any("position" in name for name in encoder.state_dict())
+    with torch.no_grad():
+        out = encoder(pixel_values=torch.rand(2, 3, 48, 80))
+    assert out.last_hidden_state.shape == (2, 1 + 3 * 5, 192)  # CLS + 3 x 5 grid
+
+
+def test_masked_positions_take_the_mask_token(encoder):
+    x = torch.rand(1, 3, 64, 64)
+    mask = torch.zeros(1, 16, dtype=torch.bool)
+    mask[0, :4] = True
+    with torch.no_grad():
+        plain = encoder(pixel_values=x).last_hidden_state
+        masked = encoder(pixel_values=x, bool_masked_pos=mask).last_hidden_state
+    assert not torch.allclose(plain, masked)
+    with torch.no_grad():
+        unmasked = encoder(pixel_values=x, bool_masked_pos=torch.zeros_like(mask)).last_hidden_state
+    assert torch.equal(plain, unmasked)
+
+
+def test_detector_on_the_flexible_encoder_is_independent_of_batch_padding():
+    model = build_small_detector(num_classes=3, dino_model="flexible-tiny", backbone_mode="auto")
+    assert model.backbone.patch_size == 16
+    assert resolve_backbone_mode("auto", True, "flexible-tiny") == "full"  # no published weights: train it
+    model.eval()
+    small, large = torch.rand(3, 70, 90), torch.rand(3, 130, 150)
+    with torch.no_grad():
+        alone, batched = model([small]), model([small, large])
+    assert torch.allclose(alone["pred_logits"][0], batched["pred_logits"][0], atol=1e-4)
+    assert torch.allclose(alone["pred_boxes"][0], batched["pred_boxes"][0], atol=1e-4)
+
+
+def test_lora_and_layer_decay_find_the_flexible_blocks():
+    model = build_small_detector(num_classes=2, dino_model="flexible-tiny", backbone_mode="lora",
+                                 lora_last_n_blocks=2)
+    names = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    assert {n.split(".encoder.layer.")[1].split(".")[0] for n in names} == {"4", "5"}

@@ -1,0 +1,233 @@
+"""SSL building blocks checked against values recomputed here from the published formulas.
+
+Tiny tensors, plain Python loops for the reference values, everything seeded.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dino_detector.ssl.dino_loss import DINOLoss
+from dino_detector.ssl.heads import DINOHead
+from dino_detector.ssl.ibot_loss import IBOTPatchLoss
+from dino_detector.ssl.koleo import KoLeoLoss
+from dino_detector.ssl.masking import batch_masks, block_mask
+from dino_detector.ssl.multicrop import MultiCrop
+from dino_detector.ssl.vicreg import VICRegLoss, vicreg_terms
+
+
+def _softmax(row: list[float], temp: float) -> list[float]:
+    exps = [math.exp(v / temp) for v in row]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def _ce(p_t: list[float], s: list[float], temp: float) -> float:
+    log_z = math.log(sum(math.exp(v / temp) for v in s))
+    return sum(-p * (v / temp - log_z) for p, v in zip(p_t, s))
+
+
+def test_dino_loss_matches_hand_formula_and_skips_same_view() -> None:
+    torch.manual_seed(0)
+    n_global, n_local, batch, k = 2, 2, 3, 5
+    loss_fn = DINOLoss(k, student_temp=0.1)
+    loss_fn.center.copy_(torch.randn(1, k))
+    teacher_temp = 0.04
+    teacher_logits = [torch.randn(batch, k) for _ in range(n_global)]
+    student = [torch.randn(batch, k) for _ in range(n_global + n_local)]
+    probs = [loss_fn.teacher_probs(t, teacher_temp) for t in teacher_logits]
+
+    center = loss_fn.center[0].tolist()
+    hand_probs = [[_softmax([v - c for v, c in zip(row, center)], teacher_temp) for row in t.tolist()]
+                  for t in teacher_logits]
+    for i in range(n_global):
+        assert torch.allclose(probs[i], torch.tensor(hand_probs[i]), atol=1e-6)
+
+    pair_losses = []
+    for i in range(n_global):
+        for j in range(n_global + n_local):
+            if i == j:
+                continue  # same view: skipped
+            rows = [_ce(hand_probs[i][b], student[j][b].tolist(), 0.1) for b in range(batch)]
+            pair_losses.append(sum(rows) / batch)
+    assert len(pair_losses) == 6
+    expected = sum(pair_losses) / len(pair_losses)
+    assert loss_fn(student, probs).item() == pytest.approx(expected, rel=1e-5)
+
+    # Fewer student crops than teacher crops: no view is shared, so every pair counts.
+    only_local = student[2:3]
+    expected_all = sum(sum(_ce(hand_probs[i][b], only_local[0][b].tolist(), 0.1) for b in range(batch)) / batch
+                       for i in range(n_global)) / n_global
+    assert loss_fn(only_local, probs).item() == pytest.approx(expected_all, rel=1e-5)
+
+
+def test_dino_update_center_is_ema_of_batch_mean() -> None:
+    torch.manual_seed(1)
+    loss_fn = DINOLoss(5, center_momentum=0.9)
+    start = torch.randn(1, 5)
+    loss_fn.center.copy_(start)
+    logits = torch.randn(6, 5)
+    loss_fn.update_center(logits)
+    cols = list(zip(*logits.tolist()))
+    expected = [0.9 * c + 0.1 * (sum(col) / len(col)) for c, col in zip(start[0].tolist(), cols)]
+    assert torch.allclose(loss_fn.center, torch.tensor([expected]), atol=1e-6)
+    assert "center" in dict(loss_fn.named_buffers())
+
+
+def test_sinkhorn_rows_sum_to_one_and_prototypes_are_balanced() -> None:
+    torch.manual_seed(2)
+    n, k = 12, 4
+    logits = torch.randn(n, k) + torch.tensor([3.0, 0.0, 0.0, 0.0])  # softmax would favour prototype 0
+    q = DINOLoss(k).sinkhorn_knopp(logits, teacher_temp=1.0, iterations=20)
+    assert q.shape == (n, k)
+    assert torch.allclose(q.sum(dim=1), torch.ones(n), atol=1e-5)
+    assert torch.allclose(q.sum(dim=0), torch.full((k,), n / k), atol=1e-2)
+    softmax_cols = torch.softmax(logits, dim=1).sum(dim=0)
+    assert (q.sum(dim=0) - n / k).abs().max() < (softmax_cols - n / k).abs().max()
+
+
+def _ibot_hand(student, probs, masks, temp):
+    per_image = []
+    for b in range(len(masks)):
+        losses = [_ce(probs[b][t], student[b][t], temp) for t in range(len(masks[b])) if masks[b][t]]
+        if losses:
+            per_image.append(sum(losses) / len(losses))
+    return sum(per_image) / len(per_image) if per_image else 0.0
+
+
+def test_ibot_loss_uses_masked_tokens_only() -> None:
+    torch.manual_seed(3)
+    b, t, k = 3, 4, 5
+    loss_fn = IBOTPatchLoss(k, student_temp=0.1)
+    loss_fn.center.copy_(torch.randn(1, 1, k))
+    teacher = torch.randn(b, t, k)
+    probs = loss_fn.teacher_probs(teacher, 0.07)
+    center = loss_fn.center[0, 0].tolist()
+    hand_probs = [[_softmax([v - c for v, c in zip(tok, center)], 0.07) for tok in img] for img in teacher.tolist()]
+    assert torch.allclose(probs, torch.tensor(hand_probs), atol=1e-6)
+
+    masks = torch.tensor([[True, False, True, True], [False, False, False, False], [False, True, False, False]])
+    student = torch.randn(b, t, k)
+    loss = loss_fn(student, probs, masks)
+    expected = _ibot_hand(student.tolist(), hand_probs, masks.tolist(), 0.1)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+    changed = student.clone()
+    changed[~masks] = torch.randn(int((~masks).sum()), k) * 10
+    assert loss_fn(changed, probs, masks).item() == pytest.approx(loss.item(), rel=1e-6)
+    assert loss_fn(student, probs, torch.zeros(b, t, dtype=torch.bool)).item() == 0.0
+
+    start = loss_fn.center.clone()
+    loss_fn.update_center(teacher, masks)
+    masked_mean = teacher[masks].mean(dim=0)
+    assert torch.allclose(loss_fn.center, 0.9 * start + 0.1 * masked_mean.view(1, 1, k), atol=1e-6)
+
+
+def test_vicreg_terms_match_hand_formulas() -> None:
+    torch.manual_seed(4)
+    n, d, eps = 6, 3, 1e-4
+    z1, z2 = torch.randn(n, d), torch.randn(n, d) * 0.5
+    terms = vicreg_terms(z1, z2, eps=eps)
+
+    def var_term(z):
+        out = 0.0
+        for j in range(d):
+            col = [z[i][j] for i in range(n)]
+            mean = sum(col) / n
+            var = sum((v - mean) ** 2 for v in col) / (n - 1)
+            out += max(0.0, 1.0 - math.sqrt(var + eps))
+        return out / d
+
+    def cov_term(z):
+        means = [sum(z[i][j] for i in range(n)) / n for j in range(d)]
+        total = 0.0
+        for a in range(d):
+            for c in range(d):
+                if a != c:
+                    cov = sum((z[i][a] - means[a]) * (z[i][c] - means[c]) for i in range(n)) / (n - 1)
+                    total += cov ** 2
+        return total / d
+
+    a, b = z1.tolist(), z2.tolist()
+    mse = sum((a[i][j] - b[i][j]) ** 2 for i in range(n) for j in range(d)) / (n * d)
+    assert terms["invariance"].item() == pytest.approx(mse, rel=1e-5)
+    assert terms["variance"].item() == pytest.approx((var_term(a) + var_term(b)) / 2, rel=1e-5)
+    assert terms["covariance"].item() == pytest.approx((cov_term(a) + cov_term(b)) / 2, rel=1e-5)
+
+    total, same_terms = VICRegLoss(2.0, 3.0, 4.0)(z1, z2)
+    expected_total = 2.0 * mse + 3.0 * same_terms["variance"].item() + 4.0 * same_terms["covariance"].item()
+    assert total.item() == pytest.approx(expected_total, rel=1e-5)
+
+
+def test_vicreg_variance_detects_collapse() -> None:
+    torch.manual_seed(5)
+    eps = 1e-4
+    collapsed = torch.ones(8, 4) * 0.3
+    assert vicreg_terms(collapsed, collapsed, eps=eps)["variance"].item() == pytest.approx(1 - math.sqrt(eps), rel=1e-6)
+    z = torch.randn(4096, 4)
+    z = (z - z.mean(0)) / z.std(0)  # exactly unit std per dimension
+    assert vicreg_terms(z, z.clone(), eps=eps)["variance"].item() < 1e-3
+
+
+def test_koleo_matches_nearest_neighbour_distances() -> None:
+    torch.manual_seed(6)
+    x = torch.randn(5, 3)
+    rows = [[v / math.sqrt(sum(u * u for u in r)) for v in r] for r in x.tolist()]
+    nn_dist = [min(math.sqrt(sum((p - q) ** 2 for p, q in zip(rows[i], rows[j])))
+                   for j in range(len(rows)) if j != i) for i in range(len(rows))]
+    expected = -sum(math.log(dist + 1e-8) for dist in nn_dist) / len(nn_dist)
+    assert KoLeoLoss()(x).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_dino_head_shapes_and_frozen_magnitude() -> None:
+    torch.manual_seed(7)
+    head = DINOHead(16, out_dim=32, hidden_dim=24, bottleneck_dim=8, nlayers=3)
+    assert head(torch.randn(4, 16)).shape == (4, 32)
+    out = head(torch.randn(2, 3, 16))
+    assert out.shape == (2, 3, 32)
+    magnitude = head.last_layer.parametrizations.weight.original0
+    assert not magnitude.requires_grad and torch.all(magnitude == 1)
+    # Unit magnitude + normalised input: logits are cosines, bounded by 1.
+    assert out.abs().max().item() <= 1.0 + 1e-5
+    assert torch.allclose(head.last_layer.weight.norm(dim=1), torch.ones(32), atol=1e-5)
+    out.sum().backward()
+    assert magnitude.grad is None and head.last_layer.parametrizations.weight.original1.grad is not None
+    linears = [m for m in head.mlp if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 3 and all(torch.all(m.bias == 0) for m in linears)
+
+
+def test_block_mask_ratio_bound_and_determinism() -> None:
+    min_block = 4
+    for seed in range(8):
+        for ratio in (0.1, 0.3, 0.5):
+            budget = int(ratio * 14 * 14)
+            mask = block_mask(14, 14, ratio, torch.Generator().manual_seed(seed), min_block=min_block)
+            assert mask.shape == (14, 14) and mask.dtype == torch.bool
+            assert budget - min_block < int(mask.sum()) <= budget
+    a = block_mask(14, 14, 0.4, torch.Generator().manual_seed(11))
+    b = block_mask(14, 14, 0.4, torch.Generator().manual_seed(11))
+    assert torch.equal(a, b)
+
+    m1 = batch_masks(6, 8, 8, generator=torch.Generator().manual_seed(3))
+    m2 = batch_masks(6, 8, 8, generator=torch.Generator().manual_seed(3))
+    assert m1.shape == (6, 64) and torch.equal(m1, m2)
+    assert not batch_masks(4, 8, 8, probability=0.0, generator=torch.Generator().manual_seed(0)).any()
+    always = batch_masks(4, 8, 8, ratio_range=(0.3, 0.3), probability=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.all(always.sum(dim=1) <= int(0.3 * 64)) and torch.all(always.sum(dim=1) > int(0.3 * 64) - 4)
+
+
+def test_multicrop_counts_shapes_and_range() -> None:
+    torch.manual_seed(8)
+    crop = MultiCrop(global_size=32, local_size=16, n_local=3)
+    image = torch.rand(3, 48, 40)
+    torch.manual_seed(9)
+    globals_, locals_ = crop(image)
+    assert len(globals_) == 2 and len(locals_) == 3
+    assert all(g.shape == (3, 32, 32) and g.dtype == torch.float32 for g in globals_)
+    assert all(v.shape == (3, 16, 16) for v in locals_)
+    assert all(0.0 <= float(v.min()) and float(v.max()) <= 1.0 for v in globals_ + locals_)
+    torch.manual_seed(9)  # same seed -> same random crops: draws come from torch's global RNG
+    again, again_locals = crop(image)
+    assert all(torch.equal(x, y) for x, y in zip(again + again_locals, globals_ + locals_))
