@@ -22,6 +22,7 @@ from torchvision.ops import box_iou
 from tqdm import tqdm
 
 from ..models.postprocess import postprocess
+from .confusion import confusion_matrix
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 MATCH_IOU = 0.5
@@ -55,7 +56,8 @@ def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = No
     names = {c["id"]: c["name"] for c in coco_gt.dataset["categories"]}
     if not results:
         metrics = {k: 0.0 for k in STAT_NAMES}
-        metrics["per_class"] = {n: 0.0 for n in names.values()}
+        for key in ("per_class", "per_class_AP50", "per_class_recall"):
+            metrics[key] = {n: 0.0 for n in names.values()}
         return metrics, "no detections: every metric is 0\n"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -69,13 +71,20 @@ def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = No
     metrics = {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
     # precision [T, R, K, A, M]: all IoUs and recalls, area "all", maxDets 100
     precision = ev.eval["precision"][:, :, :, 0, -1]
-    per_class = {}
+    recall = ev.eval["recall"][:, :, 0, -1]  # [T, K]: area "all", maxDets 100
+    per_class, per_class_ap50, per_class_recall = {}, {}, {}
     for k, cid in enumerate(ev.params.catIds):
-        p = precision[:, :, k]
-        per_class[names[cid]] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
-    metrics["per_class"] = per_class
+        per_class[names[cid]] = _mean_defined(precision[:, :, k])
+        per_class_ap50[names[cid]] = _mean_defined(precision[0, :, k])  # IoU 0.5 is the first threshold
+        per_class_recall[names[cid]] = _mean_defined(recall[:, k])  # COCO AR100 of the class
+    metrics.update(per_class=per_class, per_class_AP50=per_class_ap50, per_class_recall=per_class_recall)
     table = "\n".join(line for line in buf.getvalue().splitlines() if line.lstrip().startswith("Average"))
     return metrics, table
+
+
+def _mean_defined(values: np.ndarray) -> float:
+    """Mean of the entries pycocotools defined (-1 marks undefined); -1 when there are none."""
+    return float(values[values > -1].mean()) if (values > -1).any() else -1.0
 
 
 def threshold_metrics(coco_gt, results: list[dict], score_threshold: float,
@@ -137,6 +146,7 @@ def score_results(coco_gt, results: list[dict], score_threshold: float = 0.5,
     """COCO metrics and threshold metrics of a results list: (metrics, printed table)."""
     metrics, table = coco_evaluate(coco_gt, results, image_ids)
     metrics.update(threshold_metrics(coco_gt, results, score_threshold, image_ids))
+    metrics["confusion_matrix"] = confusion_matrix(coco_gt, results, score_threshold, MATCH_IOU, image_ids)
     metrics["mAP50"] = metrics["AP50"]
     metrics["num_images"] = len(image_ids) if image_ids is not None else len(coco_gt.getImgIds())
     return metrics, table
