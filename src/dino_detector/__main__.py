@@ -4,7 +4,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {"train": "train", "demo": "demo", "info": "info", "download": "download", "pretrain": "pretrain"}
+COMMANDS = {"train": "train", "demo": "demo", "info": "info", "download": "download", "pretrain": "pretrain",
+            "analyze": "analyze"}
 
 
 def main(argv: list[str] | None = None) -> int:

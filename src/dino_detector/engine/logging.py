@@ -18,10 +18,19 @@ import torch
 TRUE_COLOUR, PRED_COLOUR = "lime", "red"
 
 
+class CurrentStdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is when a record is emitted: it may be replaced after set-up (output
+    capture, notebooks), and a handler holding the old, closed stream would fail on every message."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
 def setup_console(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     if not any(getattr(h, "_dino_detector", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+        handler = CurrentStdoutHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         handler._dino_detector = True
         root.addHandler(handler)
