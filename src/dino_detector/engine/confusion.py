@@ -9,15 +9,14 @@ diagonal holds the correct detections; the background/background cell is always 
 from __future__ import annotations
 
 import torch
-from torchvision.ops import box_iou
+from torchvision.ops import box_convert, box_iou
 
 BACKGROUND = "background"
 
 
-def _xyxy(boxes: list[list[float]]) -> torch.Tensor:
-    t = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
-    t[:, 2:] += t[:, :2]
-    return t
+def coco_boxes_xyxy(boxes: list[list[float]]) -> torch.Tensor:
+    """COCO [x, y, w, h] boxes -> float64 [N, 4] (x0, y0, x1, y1)."""
+    return box_convert(torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4), "xywh", "xyxy")
 
 
 def confusion_matrix(coco_gt, results: list[dict], score_threshold: float = 0.5, iou: float = 0.5,
@@ -35,8 +34,9 @@ def confusion_matrix(coco_gt, results: list[dict], score_threshold: float = 0.5,
         gts = [a for a in coco_gt.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
         dets = sorted(by_image.get(image_id, []), key=lambda r: -r["score"])
         used = [False] * len(gts)
-        overlaps = box_iou(_xyxy([d["bbox"] for d in dets]), _xyxy([g["bbox"] for g in gts])) \
-            if dets and gts else None
+        overlaps = None
+        if dets and gts:
+            overlaps = box_iou(coco_boxes_xyxy([d["bbox"] for d in dets]), coco_boxes_xyxy([g["bbox"] for g in gts]))
         for i, d in enumerate(dets):
             best, best_iou = -1, iou
             for j in range(len(gts)):

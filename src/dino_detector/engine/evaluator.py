@@ -22,6 +22,7 @@ from torchvision.ops import box_iou
 from tqdm import tqdm
 
 from ..models.postprocess import postprocess
+from .confusion import coco_boxes_xyxy as _xyxy
 from .confusion import confusion_matrix
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
@@ -133,12 +134,6 @@ def threshold_metrics(coco_gt, results: list[dict], score_threshold: float,
             "per_class_precision": {c["name"]: tp_per_class.get(c["id"], 0) / det_per_class[c["id"]]
                                     if det_per_class.get(c["id"]) else -1.0
                                     for c in coco_gt.dataset["categories"]}}
-
-
-def _xyxy(boxes: list[list[float]]) -> torch.Tensor:
-    t = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
-    t[:, 2:] += t[:, :2]
-    return t
 
 
 def score_results(coco_gt, results: list[dict], score_threshold: float = 0.5,
