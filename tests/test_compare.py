@@ -39,6 +39,9 @@ def test_compare_prints_and_saves_the_table_and_chart(bccd, results, tmp_path, c
         im.verify()
     with Image.open(tmp_path / "comparison.png") as im:
         assert im.size[0] >= 900 and im.size[1] >= 500
+    report = (tmp_path / "report.md").read_text()
+    assert "| ours | 1.000 |" in report and "](comparison.png)" in report
+    assert (tmp_path / "report.html").read_text().count("src='data:image/png;base64,") == 1
 
 
 def test_compare_rejects_bad_files_with_a_message(bccd, results, tmp_path, capsys):

@@ -17,14 +17,17 @@ CHART_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "precision", "recall
 RESULT_KEYS = {"image_id", "category_id", "bbox", "score"}
 
 
-def load_results(path: str | Path, gt) -> list[dict]:
-    """A COCO results list, checked; detections on images the annotations do not hold are dropped (counted)."""
+def load_results(path: str | Path, gt=None) -> list[dict]:
+    """A COCO results list, checked. Against annotations ``gt``: unknown category ids are an error, and
+    detections on images the annotations do not hold are dropped (counted)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results file not found: {path}")
     results = json.loads(path.read_text())
     if not isinstance(results, list) or any(not isinstance(r, dict) or not RESULT_KEYS <= set(r) for r in results):
         raise ValueError(f"{path} is not a COCO results list (entries need {sorted(RESULT_KEYS)})")
+    if gt is None:
+        return results
     known_images, known_cats = set(gt.getImgIds()), set(gt.getCatIds())
     unknown_cats = {r["category_id"] for r in results} - known_cats
     if unknown_cats:

@@ -3,24 +3,54 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
-PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+# class colours: no pure greens, which mark the ground truth
+PALETTE = [(230, 25, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (240, 50, 230), (255, 225, 25),
+           (0, 0, 128), (170, 110, 40), (128, 0, 0), (70, 240, 240)]
+TRUTH_COLOUR = (0, 230, 0)
+MIN_DRAW_SIDE = 640  # smaller images are enlarged first so that captions stay legible
 
 
-def draw_detections(image: Image.Image, boxes, labels, scores, names: dict[int, str]) -> Image.Image:
-    """A copy of ``image`` with xyxy ``boxes`` and 'name score' captions."""
-    out = image.convert("RGB").copy()
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)  # Pillow's bundled TrueType font (needs FreeType)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def draw_detections(image: Image.Image, boxes, labels, scores, names: dict[int, str],
+                    truth: list[tuple[list[float], int]] | None = None, header: str | None = None) -> Image.Image:
+    """A copy of ``image`` with xyxy ``boxes`` in class colours captioned 'name 0.87'; ``truth`` boxes
+    (xyxy, category id) in green; an optional ``header`` line above the picture."""
+    out = image.convert("RGB")
+    scale = max(1.0, MIN_DRAW_SIDE / max(out.size))
+    if scale > 1:
+        out = out.resize((round(out.width * scale), round(out.height * scale)), Image.Resampling.BICUBIC)
+    else:
+        out = out.copy()
+    font_size = max(16, round(max(out.size) / 40))  # about 1/40 of the picture: readable at full size
+    font = _font(font_size)
     draw = ImageDraw.Draw(out)
+    line = max(2, font_size // 6)
+    for box, _ in truth or []:
+        draw.rectangle([v * scale for v in box], outline=TRUTH_COLOUR, width=max(1, line - 1))
     for box, label, score in zip(boxes, labels, scores):
         colour = PALETTE[int(label) % len(PALETTE)]
-        x0, y0, x1, y1 = (float(v) for v in box)
-        draw.rectangle([x0, y0, x1, y1], outline=colour, width=2)
+        x0, y0, x1, y1 = (float(v) * scale for v in box)
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)
         caption = f"{names.get(int(label), label)} {float(score):.2f}"
-        tw = draw.textlength(caption)
-        draw.rectangle([x0, max(0, y0 - 12), x0 + tw + 4, max(12, y0)], fill=colour)
-        draw.text((x0 + 2, max(0, y0 - 12)), caption, fill=(0, 0, 0))
+        left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
+        ty = y0 - (bottom - top) - 4 if y0 >= bottom - top + 4 else y0  # above the box, inside at the top edge
+        draw.rectangle([x0, ty, x0 + right - left + 4, ty + bottom - top + 4], fill=colour)
+        text_colour = (0, 0, 0) if sum(colour) > 380 else (255, 255, 255)
+        draw.text((x0 + 2 - left, ty + 2 - top), caption, fill=text_colour, font=font)
+    if header:
+        band = font_size + 10
+        framed = Image.new("RGB", (out.width, out.height + band), (255, 255, 255))
+        framed.paste(out, (0, band))
+        ImageDraw.Draw(framed).text((6, 5), header, fill=(0, 0, 0), font=font)
+        out = framed
     return out
 
 

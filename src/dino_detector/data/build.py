@@ -14,7 +14,7 @@ from ..engine.distributed import ShardSampler
 from .coco import CocoDetection, collate, load_coco
 from .coco_mini import load_indices, make_indices, save_indices
 from .formats import FORMATS, detect_format, read_voc, read_yolo
-from .images import list_images, load_image, to_tensor_image
+from .images import folder_image_id, list_images, load_image, to_tensor_image
 from .transforms import resize_for_inference
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,6 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, i: int):
         path = self.paths[i]
         image = to_tensor_image(load_image(path))
-        image_id = int(path.stem) if path.stem.isdigit() else i
+        image_id = folder_image_id(path, i)
         target = {"image_id": image_id, "orig_size": tuple(image.shape[-2:]), "file_name": path.name}
         return resize_for_inference(image, self.cfg.data), target

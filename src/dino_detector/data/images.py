@@ -83,3 +83,9 @@ def list_images(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise ImageReadError(f"image folder not found: {folder}")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def folder_image_id(path: Path, position: int) -> int:
+    """The image id of a file in an unannotated folder: its numeric stem (COCO style, ``000000000139.jpg``
+    -> 139), else its position in ``list_images`` order. Predictions and analysis use the same rule."""
+    return int(path.stem) if path.stem.isdigit() else position

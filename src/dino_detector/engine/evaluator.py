@@ -50,8 +50,11 @@ def predict_dataset(model, loader, device, category_ids: list[int], desc: str = 
     return results
 
 
-def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = None) -> tuple[dict, str]:
-    """pycocotools bbox evaluation -> (metrics dict, the printed summary table)."""
+def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = None,
+                  pr_curves: bool = False) -> tuple[dict, str]:
+    """pycocotools bbox evaluation -> (metrics dict, the printed summary table). ``pr_curves`` adds
+    pycocotools' interpolated precision at its 101 recall points per class, at IoU 0.5 and 0.75:
+    ``{"recall": [...], "IoU50": {name: [...]}, "IoU75": {...}}`` (-1 where a class has no ground truth)."""
     from pycocotools.cocoeval import COCOeval
 
     names = {c["id"]: c["name"] for c in coco_gt.dataset["categories"]}
@@ -59,6 +62,9 @@ def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = No
         metrics = {k: 0.0 for k in STAT_NAMES}
         for key in ("per_class", "per_class_AP50", "per_class_recall"):
             metrics[key] = {n: 0.0 for n in names.values()}
+        if pr_curves:  # pycocotools' 101 recall points, precision 0 everywhere
+            metrics["pr_curves"] = {"recall": [i / 100 for i in range(101)]} | {
+                key: {n: [0.0] * 101 for n in names.values()} for key in ("IoU50", "IoU75")}
         return metrics, "no detections: every metric is 0\n"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -79,6 +85,11 @@ def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = No
         per_class_ap50[names[cid]] = _mean_defined(precision[0, :, k])  # IoU 0.5 is the first threshold
         per_class_recall[names[cid]] = _mean_defined(recall[:, k])  # COCO AR100 of the class
     metrics.update(per_class=per_class, per_class_AP50=per_class_ap50, per_class_recall=per_class_recall)
+    if pr_curves:
+        t50, t75 = (int(np.argmin(np.abs(ev.params.iouThrs - t))) for t in (0.5, 0.75))
+        metrics["pr_curves"] = {"recall": [float(r) for r in ev.params.recThrs]} | {
+            key: {names[cid]: [float(p) for p in precision[t, :, k]] for k, cid in enumerate(ev.params.catIds)}
+            for key, t in (("IoU50", t50), ("IoU75", t75))}
     table = "\n".join(line for line in buf.getvalue().splitlines() if line.lstrip().startswith("Average"))
     return metrics, table
 
@@ -88,48 +99,61 @@ def _mean_defined(values: np.ndarray) -> float:
     return float(values[values > -1].mean()) if (values > -1).any() else -1.0
 
 
-def threshold_metrics(coco_gt, results: list[dict], score_threshold: float,
-                      image_ids: list[int] | None = None) -> dict:
-    """Precision / recall / F1 / mean IoU / accuracy at a score threshold (definitions in the module doc)."""
+def detection_outcomes(coco_gt, results: list[dict], score_threshold: float,
+                       image_ids: list[int] | None = None) -> tuple[list[dict], int]:
+    """Each detection at or above ``score_threshold``, judged as in the module doc:
+    ([{"result", "tp_iou" (IoU with the box it matched, None for a false positive), "localised",
+    "class_correct"}], number of non-crowd ground-truth boxes). Per image, by descending score."""
     ids = image_ids if image_ids is not None else coco_gt.getImgIds()
     by_image: dict[int, list[dict]] = {}
     for r in results:
         if r["score"] >= score_threshold:
             by_image.setdefault(r["image_id"], []).append(r)
-    tp = n_det = n_gt = localised = correct_class = 0
-    ious = []
-    det_per_class: dict[int, int] = {}
-    tp_per_class: dict[int, int] = {}
+    outcomes, n_gt = [], 0
     for image_id in ids:
         gts = [a for a in coco_gt.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
         dets = sorted(by_image.get(image_id, []), key=lambda r: -r["score"])
-        n_det, n_gt = n_det + len(dets), n_gt + len(gts)
-        for d in dets:
-            det_per_class[d["category_id"]] = det_per_class.get(d["category_id"], 0) + 1
-        if not dets or not gts:
+        n_gt += len(gts)
+        if not gts:
+            outcomes += [{"result": d, "tp_iou": None, "localised": False, "class_correct": False} for d in dets]
             continue
         iou = box_iou(_xyxy([d["bbox"] for d in dets]), _xyxy([g["bbox"] for g in gts]))
         gt_cats = torch.tensor([g["category_id"] for g in gts])
         used = torch.zeros(len(gts), dtype=torch.bool)
         for i, d in enumerate(dets):
-            if (iou[i] >= MATCH_IOU).any():
-                localised += 1
-                best_any = int(iou[i].argmax())
-                correct_class += int(gt_cats[best_any] == d["category_id"])
+            localised = bool((iou[i] >= MATCH_IOU).any())
+            class_correct = localised and int(gt_cats[int(iou[i].argmax())]) == d["category_id"]
             same = (gt_cats == d["category_id"]) & ~used
             cand = torch.where(same, iou[i], torch.full_like(iou[i], -1.0))
             j = int(cand.argmax())
+            tp_iou = None
             if cand[j] >= MATCH_IOU:
                 used[j] = True
-                tp += 1
-                tp_per_class[d["category_id"]] = tp_per_class.get(d["category_id"], 0) + 1
-                ious.append(float(cand[j]))
+                tp_iou = float(cand[j])
+            outcomes.append({"result": d, "tp_iou": tp_iou, "localised": localised, "class_correct": class_correct})
+    return outcomes, n_gt
+
+
+def threshold_metrics(coco_gt, results: list[dict], score_threshold: float,
+                      image_ids: list[int] | None = None) -> dict:
+    """Precision / recall / F1 / mean IoU / accuracy at a score threshold (definitions in the module doc)."""
+    outcomes, n_gt = detection_outcomes(coco_gt, results, score_threshold, image_ids)
+    ious = [o["tp_iou"] for o in outcomes if o["tp_iou"] is not None]
+    localised = sum(o["localised"] for o in outcomes)
+    tp, n_det = len(ious), len(outcomes)
+    det_per_class: dict[int, int] = {}
+    tp_per_class: dict[int, int] = {}
+    for o in outcomes:
+        cid = o["result"]["category_id"]
+        det_per_class[cid] = det_per_class.get(cid, 0) + 1
+        tp_per_class[cid] = tp_per_class.get(cid, 0) + (o["tp_iou"] is not None)
     precision = tp / n_det if n_det else 0.0
     recall = tp / n_gt if n_gt else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1,
             "mean_iou": float(np.mean(ious)) if ious else 0.0,
-            "accuracy": correct_class / localised if localised else 0.0, "score_threshold": score_threshold,
+            "accuracy": sum(o["class_correct"] for o in outcomes) / localised if localised else 0.0,
+            "score_threshold": score_threshold,
             # per class: true positives / detections of that class (-1 where it has no detection)
             "per_class_precision": {c["name"]: tp_per_class.get(c["id"], 0) / det_per_class[c["id"]]
                                     if det_per_class.get(c["id"]) else -1.0
@@ -137,9 +161,9 @@ def threshold_metrics(coco_gt, results: list[dict], score_threshold: float,
 
 
 def score_results(coco_gt, results: list[dict], score_threshold: float = 0.5,
-                  image_ids: list[int] | None = None) -> tuple[dict, str]:
+                  image_ids: list[int] | None = None, pr_curves: bool = False) -> tuple[dict, str]:
     """COCO metrics and threshold metrics of a results list: (metrics, printed table)."""
-    metrics, table = coco_evaluate(coco_gt, results, image_ids)
+    metrics, table = coco_evaluate(coco_gt, results, image_ids, pr_curves)
     metrics.update(threshold_metrics(coco_gt, results, score_threshold, image_ids))
     metrics["confusion_matrix"] = confusion_matrix(coco_gt, results, score_threshold, MATCH_IOU, image_ids)
     metrics["mAP50"] = metrics["AP50"]

@@ -191,12 +191,13 @@ class DINOv2ObjectDetector(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> "DINOv2ObjectDetector":
-        """Rebuild a model from a training checkpoint (``dino_detector_*.pth``), offline."""
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        if not isinstance(ckpt, dict) or "model" not in ckpt or "metadata" not in ckpt:
-            raise ValueError(f"{path} is not a dino_detector checkpoint (no 'model' / 'metadata' entries)")
+        """Rebuild a model from a training checkpoint (``dino_detector_*.pth``), offline. Raises
+        FileNotFoundError, or ValueError for a file that is not a checkpoint of this library."""
+        from ..engine.checkpoint import load_checkpoint, load_model_state
+
+        ckpt = load_checkpoint(path, map_location)
         model = cls.from_metadata(ckpt["metadata"])
-        model.load_state_dict(ckpt["model"])
+        load_model_state(model, ckpt, path)
         return model
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -210,8 +211,14 @@ class DINOv2ObjectDetector(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "DINOv2ObjectDetector":
+        """A ``save_pretrained`` folder, or a training checkpoint file (``dino_detector_*.pth``)."""
         from safetensors.torch import load_file
         directory = Path(directory)
+        if directory.is_file():
+            return cls.from_checkpoint(directory)
+        if not (directory / "config.json").is_file():
+            raise FileNotFoundError(f"{directory} is neither a save_pretrained folder (config.json + "
+                                    "model.safetensors) nor a checkpoint file")
         model = cls.from_metadata(json.loads((directory / "config.json").read_text()))
         model.load_state_dict(load_file(str(directory / "model.safetensors")))
         return model
