@@ -87,3 +87,24 @@ def perturb_head_(model, scale: float = 0.05, seed: int = 1) -> None:
 def make_detector():
     """Factory fixture: ``make_detector(num_classes=3, **overrides)`` -> small detector (train mode)."""
     return build_small_detector
+
+
+@pytest.fixture(scope="session")
+def trained_bccd(bccd, tmp_path_factory) -> Path:
+    """A run folder: a tiny detector trained for 2 short epochs on 16 BCCD training images
+    (dino_detector_final.pth, val_metrics_final.json, val_predictions_final.json)."""
+    from dino_detector.train import main as train_main
+
+    out = tmp_path_factory.mktemp("bccd_model")
+    code = train_main(["--dino_model", "tiny", "--no_pretrained", "--image_size", "128", "--batch_size", "4",
+                       "--num_queries", "20", "--decoder_layers", "1", "--device", "cpu", "--num_workers", "0",
+                       "--debug", "--debug_samples", "16", "--debug_epochs", "2", "--debug_lr", "5e-4",
+                       "--train_images", str(bccd["images"]), "--train_annotations", str(bccd["train"]),
+                       "--output_dir", str(out)])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(trained_bccd) -> Path:
+    return trained_bccd / "dino_detector_final.pth"

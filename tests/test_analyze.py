@@ -16,7 +16,6 @@ from pycocotools.coco import COCO
 
 from dino_detector.analyze import main as analyze_main
 from dino_detector.engine.evaluator import score_results
-from dino_detector.train import main as train_main
 
 CLASSES = ["Platelets", "RBC", "WBC"]
 RUN_EVAL_CHARTS = ["metrics.png", "per_class.png", "confusion_matrix.png", "pr_curves.png",
@@ -24,16 +23,8 @@ RUN_EVAL_CHARTS = ["metrics.png", "per_class.png", "confusion_matrix.png", "pr_c
 
 
 @pytest.fixture(scope="module")
-def trained(bccd, tmp_path_factory):
-    """A tiny detector trained for 2 short epochs on 16 BCCD training images."""
-    out = tmp_path_factory.mktemp("bccd_model")
-    code = train_main(["--dino_model", "tiny", "--no_pretrained", "--image_size", "128", "--batch_size", "4",
-                       "--num_queries", "20", "--decoder_layers", "1", "--device", "cpu", "--num_workers", "0",
-                       "--debug", "--debug_samples", "16", "--debug_epochs", "2", "--debug_lr", "5e-4",
-                       "--train_images", str(bccd["images"]), "--train_annotations", str(bccd["train"]),
-                       "--output_dir", str(out)])
-    assert code == 0
-    return out
+def trained(trained_bccd):
+    return trained_bccd
 
 
 @pytest.fixture(scope="module")

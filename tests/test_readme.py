@@ -45,10 +45,10 @@ def help_flags(main, capsys) -> set[str]:
 
 
 def test_every_flag_the_readme_names_exists(capsys):
-    from dino_detector import analyze, demo, download, info, pretrain, train
+    from dino_detector import analyze, demo, download, export, info, predict, pretrain, train
 
     known = set()
-    for module in (train, download, info, demo, pretrain, analyze):
+    for module in (train, download, info, demo, pretrain, analyze, predict, export):
         known |= help_flags(module.main, capsys)
     from torch.distributed.run import get_args_parser  # the README's torchrun lines
 

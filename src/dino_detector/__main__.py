@@ -5,7 +5,7 @@ import importlib
 import sys
 
 COMMANDS = {"train": "train", "demo": "demo", "info": "info", "download": "download", "pretrain": "pretrain",
-            "analyze": "analyze"}
+            "analyze": "analyze", "predict": "predict", "export": "export"}
 
 
 def main(argv: list[str] | None = None) -> int:

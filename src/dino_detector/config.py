@@ -20,6 +20,7 @@ import yaml
 class ModelConfig:
     dino_model: str = "facebook/dinov2-base"  # hub id, local folder (save_pretrained layout) or "tiny"
     pretrained: bool = True  # False builds the architecture offline with random weights
+    dino_weights: str = ""  # an official DINOv2 checkpoint file (dinov2_vits14_pretrain.pth ...), no hub needed
     backbone_mode: str = "auto"  # auto | frozen | lora | full ("auto": lora if pretrained, else full)
     lora_rank: int = 8
     lora_alpha: int = 16

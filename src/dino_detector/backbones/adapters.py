@@ -71,3 +71,18 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+def merge_lora_(model: nn.Module) -> int:
+    """Fold every LoRA adapter into its base weight, in place (for inference and export: one matmul per
+    layer instead of three). Returns the number of merged layers."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return 0
+    merged = 0
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and not module.merged:
+            module.merge()
+            merged += 1
+    return merged

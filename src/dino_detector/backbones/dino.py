@@ -137,10 +137,11 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
 
 @dataclass
 class FeatureMap:
-    """Backbone output. tensor [B, C, Hf, Wf]; mask [B, Hf, Wf] True on padding; image_sizes (h, w) pixels."""
+    """Backbone output. tensor [B, C, Hf, Wf]; mask [B, Hf, Wf] True on padding; image_sizes [B, 2] (h, w)
+    pixels, float."""
     tensor: torch.Tensor
     mask: torch.Tensor
-    image_sizes: list
+    image_sizes: torch.Tensor
 
 
 class DinoBackbone(nn.Module):
@@ -148,10 +149,14 @@ class DinoBackbone(nn.Module):
     ``feature_layers`` = n > 1 the outputs of n evenly spaced blocks (the last included), each passed through
     the ViT's final norm and concatenated along channels (as DINOv2's ``get_intermediate_layers``)."""
 
-    def __init__(self, name: str = "tiny", pretrained: bool = False, feature_layers: int = 1):
+    def __init__(self, name: str = "tiny", pretrained: bool = False, feature_layers: int = 1, weights_file: str = ""):
+        """``weights_file``: an official DINOv2 checkpoint loaded into the ``name`` architecture (offline)."""
         super().__init__()
         self.name = name
-        self.vit = load_vit(name, pretrained)
+        self.vit = load_vit(name, pretrained and not weights_file)
+        if weights_file:
+            from .official_weights import load_official_weights
+            load_official_weights(self.vit, weights_file)
         cfg = self.vit.config
         depth = cfg.num_hidden_layers
         if not 1 <= feature_layers <= depth:
@@ -183,9 +188,19 @@ class DinoBackbone(nn.Module):
             tokens = torch.cat([norm(states[k]) for k in self.layer_ids], -1)
         return tokens[:, self.num_prefix_tokens:]
 
-    def forward(self, images: list[torch.Tensor]) -> FeatureMap:
-        """images: list of [3, h_i, w_i] float tensors in [0, 1] (any sizes)."""
+    def forward(self, images: list[torch.Tensor] | torch.Tensor) -> FeatureMap:
+        """images: list of [3, h_i, w_i] float tensors in [0, 1] (any sizes), or one [B, 3, H, W] batch of
+        images of one size (a single ViT call, no Python branching on sizes: the path ONNX export traces)."""
         p = self.patch_size
+        if isinstance(images, torch.Tensor):
+            b, _, h, w = images.shape
+            gh, gw = (h + p - 1) // p, (w + p - 1) // p
+            fmap = self._tokens(self._normalise_and_pad(images, gh * p, gw * p))
+            fmap = fmap.transpose(1, 2).reshape(b, self.num_channels, gh, gw)
+            mask = torch.zeros(b, gh, gw, dtype=torch.bool, device=images.device)
+            sizes = torch.ones(b, 2, dtype=fmap.dtype, device=fmap.device) * torch.stack(
+                [torch.ones((), device=fmap.device) * h, torch.ones((), device=fmap.device) * w]).to(fmap.dtype)
+            return FeatureMap(fmap, mask, sizes)
         grids = [(-(-im.shape[-2] // p), -(-im.shape[-1] // p)) for im in images]
         hf, wf = max(g[0] for g in grids), max(g[1] for g in grids)
         out = images[0].new_zeros(len(images), self.num_channels, hf, wf)
@@ -201,4 +216,5 @@ class DinoBackbone(nn.Module):
             fmap = tokens.transpose(1, 2).reshape(len(idx), self.num_channels, gh, gw)
             out[idx, :, :gh, :gw] = fmap.to(out.dtype)
             mask[idx, :gh, :gw] = False
-        return FeatureMap(out, mask, [tuple(im.shape[-2:]) for im in images])
+        sizes = torch.tensor([tuple(im.shape[-2:]) for im in images], dtype=out.dtype, device=out.device)
+        return FeatureMap(out, mask, sizes)

@@ -76,13 +76,16 @@ def to_tensor_image(image) -> torch.Tensor:
                      "give a path, PIL image, numpy array or tensor")
 
 
-def list_images(folder: str | Path) -> list[Path]:
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Image files (by suffix, any case) in ``folder``, sorted; ``recursive`` includes sub-folders.
+    A file path gives itself."""
     folder = Path(folder)
     if folder.is_file():
         return [folder]
     if not folder.is_dir():
         raise ImageReadError(f"image folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def folder_image_id(path: Path, position: int) -> int:

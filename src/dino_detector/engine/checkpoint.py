@@ -15,7 +15,7 @@ import torch
 log = logging.getLogger(__name__)
 EPOCH_FILE = re.compile(r"dino_detector_epoch_(\d+)\.pth$")
 # settings that change the training, not the shapes: not reported as architecture differences
-_NOT_ARCHITECTURE = {"pretrained", "backbone_mode", "lora_dropout", "dropout", "head_dropout", "aux_loss"}
+_NOT_ARCHITECTURE = {"pretrained", "dino_weights", "backbone_mode", "lora_dropout", "dropout", "head_dropout", "aux_loss"}
 
 
 def rng_state() -> dict:

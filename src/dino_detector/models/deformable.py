@@ -40,7 +40,11 @@ def ms_deform_attn_core(value: torch.Tensor, spatial_shapes: list[tuple[int, int
 def project_values(linear: nn.Linear, value: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
     """linear(value) [B, S, C] with padded tokens set to zero, so padding never leaks into samples."""
     v = linear(value)
-    if padding_mask is not None and padding_mask.any():
+    if padding_mask is None:
+        return v
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():  # no branch on tensor values in a graph
+        return v.masked_fill(padding_mask[..., None], 0.0)
+    if padding_mask.any():
         v[padding_mask] = 0.0  # in place, on the padded rows only: a broadcast masked_fill copies everything
     return v
 

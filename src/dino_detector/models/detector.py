@@ -51,8 +51,9 @@ class DINOv2ObjectDetector(nn.Module):
         if len(self.category_ids) != num_classes or len(self.class_names) != num_classes:
             raise ValueError("category_ids and class_names must have num_classes entries")
 
-        self.backbone = DinoBackbone(cfg.dino_model, cfg.pretrained, cfg.backbone_feature_layers)
-        self.backbone_mode = resolve_backbone_mode(cfg.backbone_mode, cfg.pretrained, cfg.dino_model)
+        self.backbone = DinoBackbone(cfg.dino_model, cfg.pretrained, cfg.backbone_feature_layers, cfg.dino_weights)
+        self.backbone_mode = resolve_backbone_mode(cfg.backbone_mode, cfg.pretrained or bool(cfg.dino_weights),
+                                                   cfg.dino_model)
         cfg.backbone_mode = self.backbone_mode  # stored resolved: a reload without hub weights keeps adapters
         apply_backbone_mode(self.backbone, self.backbone_mode, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
                             cfg.lora_target_modules, cfg.lora_last_n_blocks)
@@ -94,13 +95,14 @@ class DINOv2ObjectDetector(nn.Module):
 
     # ---------------------------------------------------------------- forward
     @staticmethod
-    def _as_list(images) -> list[torch.Tensor]:
+    def _as_batch(images) -> list[torch.Tensor] | torch.Tensor:
+        """A [B, 3, H, W] tensor stays one batch (one size, one backbone call); a list may mix sizes."""
         if isinstance(images, torch.Tensor):
             if images.dim() == 3:
                 images = images[None]
             if images.dim() != 4 or images.shape[1] != 3:
                 raise ValueError(f"expected images [B, 3, H, W], got shape {tuple(images.shape)}")
-            return list(images.unbind(0))
+            return images
         images = list(images)
         if not images:
             raise ValueError("no images given")
@@ -110,10 +112,9 @@ class DINOv2ObjectDetector(nn.Module):
         return images
 
     def forward(self, images) -> dict:
-        images = self._as_list(images)
-        feats = self.backbone(images)
+        feats = self.backbone(self._as_batch(images))
         p = self.backbone.patch_size
-        sizes = torch.tensor(feats.image_sizes, dtype=feats.tensor.dtype, device=feats.tensor.device)
+        sizes = feats.image_sizes
         grid_sizes = torch.ceil(sizes / p).long()
         levels = self.pyramid(feats.tensor, feats.mask, grid_sizes, sizes / p)
         src, pos, ref_points = [], [], []
@@ -185,7 +186,7 @@ class DINOv2ObjectDetector(nn.Module):
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "DINOv2ObjectDetector":
-        model_cfg = ModelConfig(**{**meta["model"], "pretrained": False})  # weights come from the file
+        model_cfg = ModelConfig(**{**meta["model"], "pretrained": False, "dino_weights": ""})  # weights: the file
         return cls(num_classes=model_cfg.num_classes, config=model_cfg, category_ids=meta["category_ids"],
                    class_names=meta["class_names"], data_config=DataConfig(**meta.get("data", {})))
 
@@ -200,14 +201,20 @@ class DINOv2ObjectDetector(nn.Module):
         load_model_state(model, ckpt, path)
         return model
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Weights as safetensors plus a JSON description; reload with ``from_pretrained``."""
+    def save_pretrained(self, directory: str | Path, metrics: dict | None = None,
+                        run_config: dict | None = None) -> None:
+        """``model.safetensors`` (weights) + ``config.json`` (architecture, data sizes, class ids and names) +
+        a model card ``README.md`` filled from the config and, when given, the run's metrics and settings.
+        Reload with ``from_pretrained``."""
         from safetensors.torch import save_file
+
+        from .model_card import model_card
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(directory / "model.safetensors"))
         (directory / "config.json").write_text(json.dumps(self.metadata(), indent=2))
+        (directory / "README.md").write_text(model_card(self, metrics, run_config))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "DINOv2ObjectDetector":

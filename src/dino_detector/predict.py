@@ -1,0 +1,125 @@
+"""``python -m dino_detector.predict``: run a trained detector on images or folders (recursively).
+
+Writes into --output_dir: predictions.json (a COCO results list; every entry also names its file_name and
+category_name), images.json (the COCO "images" + "categories" the ids refer to, so that
+``COCO("images.json").loadRes("predictions.json")`` works) and drawn/ (pictures with the boxes).
+With --annotations, image ids are that file's ids (matched by file name) and unlisted files are skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .engine.logging import setup_console
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="\n".join(__doc__.splitlines()[2:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--checkpoint", required=True, help="dino_detector_*.pth checkpoint or save_pretrained folder")
+    add("--images", required=True, nargs="+", help="image files and/or folders (searched recursively)")
+    add("--output_dir", default="outputs/predict")
+    add("--threshold", type=float, default=0.5, help="keep detections scoring above this (default 0.5)")
+    add("--top_k", type=int, default=100, help="at most this many detections per image")
+    add("--batch_size", type=int, default=4)
+    add("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add("--num_workers", type=int, default=-1, help="image-decoding processes (-1: auto)")
+    add("--annotations", help="COCO JSON whose image ids the predictions should use (matched by file name)")
+    add("--compile", action="store_true", help="torch.compile the model (pays off on long runs / GPUs)")
+    add("--no_draw", action="store_true", help="do not write drawn pictures")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_console()
+    from .backbones.dino import PretrainedUnavailableError
+    from .data.images import ImageReadError
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError, ImageReadError, PretrainedUnavailableError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    from .data.build import resolve_num_workers
+    from .data.images import folder_image_id, list_images
+    from .engine.inference import predict_files, prepare_model
+    from .engine.trainer import resolve_device
+    from .models.detector import DINOv2ObjectDetector
+
+    paths = [p for item in args.images for p in list_images(item, recursive=True)]
+    ids = {p: folder_image_id(p, i) for i, p in enumerate(paths)}
+    if args.annotations:
+        ids, paths = _ids_from_annotations(args.annotations, paths)
+    if not paths:
+        raise ValueError(f"no image files found in {' '.join(args.images)}")
+    device = resolve_device(args.device)
+    model = prepare_model(DINOv2ObjectDetector.from_pretrained(args.checkpoint), device, args.compile)
+    run_ = predict_files(model, paths, device, args.batch_size, args.threshold, args.top_k,
+                         resolve_num_workers(args.num_workers, device))
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = dict(zip(model.category_ids, model.class_names))
+    results, images = [], []
+    for pred in run_.predictions:
+        image_id = ids[pred.path]
+        images.append({"id": image_id, "file_name": str(pred.path), "height": pred.height, "width": pred.width})
+        for (x0, y0, x1, y1), score, cid in zip(pred.boxes, pred.scores, pred.category_ids):
+            results.append({"image_id": image_id, "file_name": str(pred.path), "category_id": cid,
+                            "category_name": names[cid], "bbox": [round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)],
+                            "score": round(score, 5)})
+    categories = [{"id": c, "name": n} for c, n in names.items()]
+    (out / "predictions.json").write_text(json.dumps(results))
+    (out / "images.json").write_text(json.dumps({"images": images, "categories": categories,
+                                                 "annotations": []}))
+    if not args.no_draw:
+        _draw(run_.predictions, names, out / "drawn")
+    print(f"{len(run_.predictions)} images, {len(results)} detections above {args.threshold}; "
+          f"{len(run_.skipped)} unreadable file(s) skipped" + "".join(f"\n  skipped {p}: {why}"
+                                                                   for p, why in run_.skipped))
+    print(f"model time {run_.seconds:.1f} s: {run_.images_per_second:.2f} images/s on {device} "
+          f"(batch {args.batch_size}) -> {out / 'predictions.json'}")
+    return 0
+
+
+def _ids_from_annotations(annotations: str, paths: list[Path]) -> tuple[dict[Path, int], list[Path]]:
+    """Image ids of a COCO file by file base name; unlisted files are left out with a warning."""
+    path = Path(annotations)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    by_name = {Path(img["file_name"]).name: img["id"] for img in json.loads(path.read_text()).get("images", [])}
+    kept = [p for p in paths if p.name in by_name]
+    if len(kept) < len(paths):
+        missing = next(p for p in paths if p.name not in by_name)
+        log.warning("%d of %d files are not in %s and are skipped (e.g. %s)", len(paths) - len(kept), len(paths),
+                    path, missing.name)
+    return {p: by_name[p.name] for p in kept}, kept
+
+
+def _draw(predictions, names: dict[int, str], folder: Path) -> None:
+    from .analysis.plots import draw_detections
+    from .data.images import load_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for pred in predictions:
+        stem = pred.path.stem
+        while stem in used:  # same name in two sub-folders
+            stem += "_"
+        used.add(stem)
+        header = f"{pred.path.name}: {len(pred.scores)} detection{'s' * (len(pred.scores) != 1)}"
+        draw_detections(load_image(pred.path), pred.boxes, pred.category_ids, pred.scores, names,
+                        header=header).save(folder / f"{stem}.jpg", quality=90)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
