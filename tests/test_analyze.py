@@ -23,14 +23,9 @@ RUN_EVAL_CHARTS = ["metrics.png", "per_class.png", "confusion_matrix.png", "pr_c
 
 
 @pytest.fixture(scope="module")
-def trained(trained_bccd):
-    return trained_bccd
-
-
-@pytest.fixture(scope="module")
-def run_eval(bccd, trained, tmp_path_factory):
+def run_eval(bccd, trained_bccd, tmp_path_factory):
     out = tmp_path_factory.mktemp("run_eval")
-    code = analyze_main(["--run_eval", "--model_path", str(trained / "dino_detector_final.pth"),
+    code = analyze_main(["--run_eval", "--model_path", str(trained_bccd / "dino_detector_final.pth"),
                          "--val_images", str(bccd["images"]), "--val_annotations", str(bccd["val"]),
                          "--output_dir", str(out), "--num_visualizations", "12", "--confidence_threshold", "0.3",
                          "--device", "cpu", "--batch_size", "8"])
@@ -89,14 +84,14 @@ def test_run_eval_writes_the_full_report(bccd, run_eval):
         assert metrics["per_class_AP50"][name] == pytest.approx(curve[curve > -1].mean())
 
 
-def test_metrics_file_mode_tables_and_charts(trained, tmp_path):
-    assert analyze_main(["--metrics_file", str(trained / "val_metrics_final.json"), "--output_dir",
+def test_metrics_file_mode_tables_and_charts(trained_bccd, tmp_path):
+    assert analyze_main(["--metrics_file", str(trained_bccd / "val_metrics_final.json"), "--output_dir",
                          str(tmp_path)]) == 0
     charts = [tmp_path / n for n in ("metrics.png", "per_class.png", "confusion_matrix.png")]
     for p in charts:
         valid_png(p)
     check_report(tmp_path, charts)
-    metrics = json.loads((trained / "val_metrics_final.json").read_text())
+    metrics = json.loads((trained_bccd / "val_metrics_final.json").read_text())
     md = (tmp_path / "report.md").read_text()
     assert f"| AP | {metrics['AP']:.3f} |" in md and f"| recall | {metrics['recall']:.3f} |" in md
 
@@ -139,15 +134,15 @@ def test_captions_use_class_names_at_a_readable_size():
     assert width_named > width_id + 20  # the caption spells the name, not the id
 
 
-def test_bad_requests_are_clear_errors(trained, tmp_path, capsys):
+def test_bad_requests_are_clear_errors(trained_bccd, tmp_path, capsys):
     assert analyze_main(["--metrics_file", str(tmp_path / "missing.json")]) == 2
     assert "metrics file not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        analyze_main(["--predictions_file", str(trained / "val_predictions_final.json")])  # no --test_images
+        analyze_main(["--predictions_file", str(trained_bccd / "val_predictions_final.json")])  # no --test_images
     assert "--test_images" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         analyze_main(["--run_eval", "--metrics_file", "x.json"])  # two modes
     assert "choose one mode" in capsys.readouterr().err
-    assert analyze_main(["--run_eval", "--model_path", str(trained / "val_metrics_final.json"),
+    assert analyze_main(["--run_eval", "--model_path", str(trained_bccd / "val_metrics_final.json"),
                          "--val_annotations", "x.json", "--val_images", str(tmp_path)]) == 2
     assert "cannot read checkpoint" in capsys.readouterr().err  # a JSON file is not a checkpoint

@@ -48,7 +48,7 @@ def test_single_level_is_the_patch_grid_and_bad_level_counts_are_rejected():
 
 
 def test_backbone_feature_layers_concatenate_normed_intermediate_blocks():
-    from dino_detector.backbones.dino import DinoBackbone
+    from dino_detector.backbones.dino import DinoBackbone, imagenet_normalise
 
     torch.manual_seed(0)
     backbone = DinoBackbone("tiny", pretrained=False, feature_layers=3).eval()
@@ -56,7 +56,7 @@ def test_backbone_feature_layers_concatenate_normed_intermediate_blocks():
     image = torch.rand(3, 56, 70)
     with torch.no_grad():
         fmap = backbone([image]).tensor  # [1, 576, 4, 5]
-        pixels = ((image - backbone.mean) / backbone.std)[None]
+        pixels = imagenet_normalise(image)[None]
         states = backbone.vit(pixel_values=pixels, output_hidden_states=True).hidden_states
     assert fmap.shape == (1, 576, 4, 5)
     for i, k in enumerate([2, 4, 6]):

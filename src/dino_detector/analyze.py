@@ -13,8 +13,6 @@ self-contained report.html (images embedded) into --output_dir.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import sys
 from pathlib import Path
@@ -78,7 +76,7 @@ def _report(args, title: str):
 
 
 def _compare(args, parser):
-    from .analysis.compare import compare, comparison_chart, comparison_table
+    from .analysis.compare import compare, comparison_cells, comparison_chart, comparison_table
     if not args.annotations:
         parser.error("--compare needs --annotations (the ground truth every results file is scored against)")
     rows = compare(args.annotations, args.compare, args.labels, args.score_threshold)
@@ -93,14 +91,10 @@ def _compare(args, parser):
     report = _report(args, "Model comparison")
     report.text(f"Every results file scored against {args.annotations} by the same evaluator "
                 f"(threshold metrics at score >= {args.score_threshold}).")
-    report.table(*_markdown_table(table))
+    header, cells, _ = comparison_cells(rows)
+    report.table(header, cells)
     report.figure(out / "comparison.png", "Model comparison")
     return report
-
-
-def _markdown_table(table: str) -> tuple[list[str], list[list[str]]]:
-    rows = [[c.strip().strip("*") for c in line.strip("|").split("|")] for line in table.splitlines()]
-    return rows[0], rows[2:]
 
 
 def _files(args, parser):
@@ -152,7 +146,8 @@ def _run_eval(args, parser):
                 "predictions: val_predictions.json")
     metrics_section(report, ev.metrics, out)
     gt = ev.dataset.coco
-    files = {i: f for i, f in annotated_files(gt, ev.dataset.images_dir).items() if i in set(ev.dataset.ids)}
+    evaluated = set(ev.dataset.ids)
+    files = {i: f for i, f in annotated_files(gt, ev.dataset.images_dir).items() if i in evaluated}
     names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
     predictions_section(report, Predictions(ev.results, files, names, gt), out, args.num_visualizations,
                         args.confidence_threshold)
@@ -174,10 +169,9 @@ def _class_names(results: list[dict], gt, model_path: str | None) -> dict[int, s
     if gt is not None:
         names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
     elif model_path:
-        from .models.detector import DINOv2ObjectDetector
-        with contextlib.redirect_stdout(io.StringIO()):
-            model = DINOv2ObjectDetector.from_pretrained(model_path)
-        names = dict(zip(model.category_ids, model.class_names))
+        from .models.detector import saved_metadata
+        meta = saved_metadata(model_path)
+        names = dict(zip(meta["category_ids"], meta["class_names"]))
     for r in results:
         if "category_name" in r:
             names.setdefault(r["category_id"], r["category_name"])

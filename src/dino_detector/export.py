@@ -56,15 +56,14 @@ def _export_pretrained(args) -> int:
     import json
     from pathlib import Path
 
-    from .engine.checkpoint import load_checkpoint, load_model_state
+    from .engine.checkpoint import load_checkpoint
     from .models.detector import DINOv2ObjectDetector
 
     checkpoint = Path(args.checkpoint)
     if checkpoint.is_dir():
         raise ValueError(f"{checkpoint} is already a folder; --format pretrained converts a checkpoint file")
     ckpt = load_checkpoint(checkpoint)
-    model = DINOv2ObjectDetector.from_metadata(ckpt["metadata"])
-    load_model_state(model, ckpt, checkpoint)
+    model = DINOv2ObjectDetector.from_checkpoint_dict(ckpt, checkpoint)
     metrics_file = Path(args.metrics_file) if args.metrics_file else checkpoint.parent / "val_metrics_final.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
     if args.metrics_file and metrics is None:

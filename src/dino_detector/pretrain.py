@@ -25,16 +25,14 @@ log = logging.getLogger(__name__)
 
 def crop_encoder(vit: torch.nn.Module, device: torch.device):
     """crops [N, 3, S, S] in 0..1 -> [N, 2D]: CLS token and mean patch token (as DINOv2's linear probes)."""
-    from .backbones.dino import IMAGENET_MEAN, IMAGENET_STD
+    from .backbones.dino import imagenet_normalise
 
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     patch = vit.config.patch_size
     prefix = 1 + getattr(vit.config, "num_register_tokens", 0)
     vit = vit.to(device).eval()
 
     def encode(crops: torch.Tensor) -> torch.Tensor:
-        x = (crops.to(device) - mean) / std
+        x = imagenet_normalise(crops.to(device))
         h, w = x.shape[-2:]
         x = torch.nn.functional.pad(x, (0, -w % patch, 0, -h % patch))
         tokens = vit(pixel_values=x).last_hidden_state

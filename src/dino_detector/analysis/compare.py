@@ -56,13 +56,20 @@ def compare(annotations: str | Path, results_files: list[str], labels: list[str]
     return rows
 
 
+def comparison_cells(rows: list[dict]) -> tuple[list[str], list[list[str]], list[list[bool]]]:
+    """(header, cell texts, is-best flags) of the comparison table: one row per model."""
+    best = {m: max(r[m] for r in rows) for m in TABLE_METRICS}
+    cells = [[r["label"]] + [f"{r[m]:.3f}" for m in TABLE_METRICS] for r in rows]
+    flags = [[False] + [len(rows) > 1 and r[m] == best[m] for m in TABLE_METRICS] for r in rows]
+    return ["model", *TABLE_METRICS], cells, flags
+
+
 def comparison_table(rows: list[dict]) -> str:
     """Markdown table, best value of each column in bold."""
-    best = {m: max(r[m] for r in rows) for m in TABLE_METRICS}
-    lines = ["| model | " + " | ".join(TABLE_METRICS) + " |", "|---" * (len(TABLE_METRICS) + 1) + "|"]
-    for r in rows:
-        cells = [f"**{r[m]:.3f}**" if len(rows) > 1 and r[m] == best[m] else f"{r[m]:.3f}" for m in TABLE_METRICS]
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    header, cells, flags = comparison_cells(rows)
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for row, best in zip(cells, flags):
+        lines.append("| " + " | ".join(f"**{c}**" if b else c for c, b in zip(row, best)) + " |")
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.images import ImageReadError, folder_image_id, list_images, load_image
-from ..engine.confusion import coco_boxes_xyxy
+from ..engine.confusion import coco_boxes_xyxy, detections_by_image
 from ..engine.evaluator import detection_outcomes
 from . import charts
 from .plots import draw_detections
@@ -102,10 +102,7 @@ def predictions_section(report: Report, preds: Predictions, out: Path, num_visua
 def draw_images(preds: Predictions, folder: Path, count: int, threshold: float) -> list[tuple[Path, str]]:
     """Up to ``count`` images spread evenly over the image ids, drawn; unreadable files are skipped."""
     folder.mkdir(parents=True, exist_ok=True)
-    by_image: dict[int, list[dict]] = {}
-    for r in preds.results:
-        if r["score"] >= threshold:
-            by_image.setdefault(r["image_id"], []).append(r)
+    by_image = detections_by_image(preds.results, threshold)
     ids = sorted(preds.files)
     picked = [ids[round(i * (len(ids) - 1) / max(1, count - 1))] for i in range(count)] if count < len(ids) else ids
     drawn = []
@@ -116,7 +113,7 @@ def draw_images(preds: Predictions, folder: Path, count: int, threshold: float) 
         except ImageReadError as err:
             log.warning("visualization skipped: %s", err)
             continue
-        dets = sorted(by_image.get(image_id, []), key=lambda r: r["score"])  # best drawn last, on top
+        dets = by_image.get(image_id, [])[::-1]  # best drawn last, on top
         boxes = coco_boxes_xyxy([d["bbox"] for d in dets]).tolist()
         truth = None
         if preds.gt is not None:

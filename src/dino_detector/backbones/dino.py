@@ -60,6 +60,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def imagenet_normalise(images: torch.Tensor) -> torch.Tensor:
+    """[..., 3, H, W] in 0..1 -> standardised with the ImageNet mean and std the DINO backbones expect."""
+    mean = images.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = images.new_tensor(IMAGENET_STD).view(3, 1, 1)
+    return (images - mean) / std
+
+
 class PretrainedUnavailableError(RuntimeError):
     """Raised before any work when pretrained weights were asked for and cannot be reached."""
 
@@ -166,8 +173,6 @@ class DinoBackbone(nn.Module):
         self.patch_size = cfg.patch_size
         self.num_channels = cfg.hidden_size * feature_layers
         self.num_prefix_tokens = 1 + getattr(cfg, "num_register_tokens", 0)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
     def block_prefix(self) -> str:
         """Module path of the transformer blocks (differs between DINOv2 and DINOv3)."""
@@ -175,7 +180,7 @@ class DinoBackbone(nn.Module):
 
     def _normalise_and_pad(self, image: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Padding after normalisation is zero: the mean colour, the same for every batch."""
-        image = (image - self.mean) / self.std
+        image = imagenet_normalise(image)
         return nn.functional.pad(image, (0, width - image.shape[-1], 0, height - image.shape[-2]))
 
     def _tokens(self, batch: torch.Tensor) -> torch.Tensor:
@@ -188,18 +193,20 @@ class DinoBackbone(nn.Module):
             tokens = torch.cat([norm(states[k]) for k in self.layer_ids], -1)
         return tokens[:, self.num_prefix_tokens:]
 
+    def _feature_map(self, padded: torch.Tensor) -> torch.Tensor:
+        """[N, 3, gh * p, gw * p] normalised, padded images -> patch features [N, num_channels, gh, gw]."""
+        gh, gw = padded.shape[-2] // self.patch_size, padded.shape[-1] // self.patch_size
+        return self._tokens(padded).transpose(1, 2).reshape(padded.shape[0], self.num_channels, gh, gw)
+
     def forward(self, images: list[torch.Tensor] | torch.Tensor) -> FeatureMap:
         """images: list of [3, h_i, w_i] float tensors in [0, 1] (any sizes), or one [B, 3, H, W] batch of
         images of one size (a single ViT call, no Python branching on sizes: the path ONNX export traces)."""
         p = self.patch_size
         if isinstance(images, torch.Tensor):
             b, _, h, w = images.shape
-            gh, gw = (h + p - 1) // p, (w + p - 1) // p
-            fmap = self._tokens(self._normalise_and_pad(images, gh * p, gw * p))
-            fmap = fmap.transpose(1, 2).reshape(b, self.num_channels, gh, gw)
-            mask = torch.zeros(b, gh, gw, dtype=torch.bool, device=images.device)
-            sizes = torch.ones(b, 2, dtype=fmap.dtype, device=fmap.device) * torch.stack(
-                [torch.ones((), device=fmap.device) * h, torch.ones((), device=fmap.device) * w]).to(fmap.dtype)
+            fmap = self._feature_map(self._normalise_and_pad(images, (h + p - 1) // p * p, (w + p - 1) // p * p))
+            mask = torch.zeros(b, *fmap.shape[-2:], dtype=torch.bool, device=images.device)
+            sizes = torch.stack([torch.full((b,), h), torch.full((b,), w)], 1).to(fmap)
             return FeatureMap(fmap, mask, sizes)
         grids = [(-(-im.shape[-2] // p), -(-im.shape[-1] // p)) for im in images]
         hf, wf = max(g[0] for g in grids), max(g[1] for g in grids)
@@ -211,9 +218,7 @@ class DinoBackbone(nn.Module):
         for i, g in enumerate(grids):
             groups.setdefault(g, []).append(i)
         for (gh, gw), idx in groups.items():
-            batch = torch.stack([self._normalise_and_pad(images[i], gh * p, gw * p) for i in idx])
-            tokens = self._tokens(batch)
-            fmap = tokens.transpose(1, 2).reshape(len(idx), self.num_channels, gh, gw)
+            fmap = self._feature_map(torch.stack([self._normalise_and_pad(images[i], gh * p, gw * p) for i in idx]))
             out[idx, :, :gh, :gw] = fmap.to(out.dtype)
             mask[idx, :gh, :gw] = False
         sizes = torch.tensor([tuple(im.shape[-2:]) for im in images], dtype=out.dtype, device=out.device)

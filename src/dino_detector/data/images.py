@@ -28,17 +28,21 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageReadError(f"cannot read image {path}: {err}") from None
 
 
-def image_problem(path: Path) -> str | None:
-    """None when ``path`` exists and its header reads as an image; else 'missing' or 'not an image'.
-    Only the header is read: a file truncated further on is caught when it is decoded."""
-    if not path.is_file():
-        return "missing"
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header, or None when it does not read as an image. Only the header
+    is read: a file truncated further on is caught when it is decoded."""
     try:
         with Image.open(path) as im:
-            im.size
+            return im.size
     except (UnidentifiedImageError, OSError, SyntaxError):
-        return "not an image"
-    return None
+        return None
+
+
+def image_problem(path: Path) -> str | None:
+    """None when ``path`` exists and its header reads as an image; else 'missing' or 'not an image'."""
+    if not path.is_file():
+        return "missing"
+    return None if header_size(path) else "not an image"
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -19,6 +19,15 @@ def coco_boxes_xyxy(boxes: list[list[float]]) -> torch.Tensor:
     return box_convert(torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4), "xywh", "xyxy")
 
 
+def detections_by_image(results: list[dict], score_threshold: float) -> dict[int, list[dict]]:
+    """Image id -> its detections at or above ``score_threshold``, highest score first."""
+    by_image: dict[int, list[dict]] = {}
+    for r in results:
+        if r["score"] >= score_threshold:
+            by_image.setdefault(r["image_id"], []).append(r)
+    return {i: sorted(dets, key=lambda r: -r["score"]) for i, dets in by_image.items()}
+
+
 def confusion_matrix(coco_gt, results: list[dict], score_threshold: float = 0.5, iou: float = 0.5,
                      image_ids: list[int] | None = None) -> dict:
     """{"labels": [class names..., "background"], "matrix": [[int]] rows = truth, columns = prediction}."""
@@ -26,13 +35,10 @@ def confusion_matrix(coco_gt, results: list[dict], score_threshold: float = 0.5,
     index = {c["id"]: i for i, c in enumerate(cats)}
     bg = len(cats)
     matrix = [[0] * (bg + 1) for _ in range(bg + 1)]
-    by_image: dict[int, list[dict]] = {}
-    for r in results:
-        if r["score"] >= score_threshold:
-            by_image.setdefault(r["image_id"], []).append(r)
+    by_image = detections_by_image(results, score_threshold)
     for image_id in image_ids if image_ids is not None else coco_gt.getImgIds():
         gts = [a for a in coco_gt.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
-        dets = sorted(by_image.get(image_id, []), key=lambda r: -r["score"])
+        dets = by_image.get(image_id, [])
         used = [False] * len(gts)
         overlaps = None
         if dets and gts:

@@ -76,8 +76,7 @@ def train_one_epoch(tr, loader, epoch: int, deadline: float | None) -> tuple[dic
                     outputs = tr.ddp(images_j)
                 outputs = to_float(outputs)
                 losses = tr.criterion(outputs, targets_j, boxes / world, images / world)
-                weights = tr.criterion.weight_dict(len(outputs.get("aux_outputs", [])), "enc_outputs" in outputs)
-                loss = sum(losses[k] * weights[k] for k in losses)
+                loss = tr.criterion.total(losses, outputs)
                 tr.scaler.scale(loss).backward()
             for k, v in [*losses.items(), ("loss", loss)]:
                 step_losses[k] = step_losses.get(k, 0.0) + v.detach()

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..models.postprocess import postprocess
 from .confusion import coco_boxes_xyxy as _xyxy
-from .confusion import confusion_matrix
+from .confusion import confusion_matrix, detections_by_image
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 MATCH_IOU = 0.5
@@ -105,14 +105,11 @@ def detection_outcomes(coco_gt, results: list[dict], score_threshold: float,
     ([{"result", "tp_iou" (IoU with the box it matched, None for a false positive), "localised",
     "class_correct"}], number of non-crowd ground-truth boxes). Per image, by descending score."""
     ids = image_ids if image_ids is not None else coco_gt.getImgIds()
-    by_image: dict[int, list[dict]] = {}
-    for r in results:
-        if r["score"] >= score_threshold:
-            by_image.setdefault(r["image_id"], []).append(r)
+    by_image = detections_by_image(results, score_threshold)
     outcomes, n_gt = [], 0
     for image_id in ids:
         gts = [a for a in coco_gt.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
-        dets = sorted(by_image.get(image_id, []), key=lambda r: -r["score"])
+        dets = by_image.get(image_id, [])
         n_gt += len(gts)
         if not gts:
             outcomes += [{"result": d, "tp_iou": None, "localised": False, "class_correct": False} for d in dets]

@@ -8,12 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..backbones.adapters import merge_lora_
-from ..data.images import ImageReadError, image_problem, load_image, to_tensor_image
+from ..data.images import ImageReadError, header_size, image_problem, load_image, to_tensor_image
 from ..data.transforms import resize_for_inference
 from ..models.postprocess import postprocess
 
@@ -60,15 +59,9 @@ class ImageFiles(Dataset):
 
 def readable_images(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Split by a header check: (readable files sorted by size so that batches share a patch grid, problems)."""
-    ok, problems, sizes = [], [], {}
-    for p in paths:
-        why = image_problem(p)
-        if why:
-            problems.append((p, why))
-            continue
-        with Image.open(p) as im:
-            sizes[p] = im.size
-        ok.append(p)
+    sizes = {p: header_size(p) for p in paths}
+    problems = [(p, image_problem(p)) for p, size in sizes.items() if size is None]
+    ok = [p for p, size in sizes.items() if size is not None]
     return sorted(ok, key=lambda p: (sizes[p][1], sizes[p][0], str(p))), problems
 
 

@@ -141,9 +141,7 @@ class Trainer:
     def _build_model(self, ckpt: dict | None) -> DINOv2ObjectDetector:
         cfg = self.cfg
         if ckpt is not None and cfg.train.only_evaluate:
-            model = DINOv2ObjectDetector.from_metadata(ckpt["metadata"])
-            load_model_state(model, ckpt, cfg.train.checkpoint)
-            return model
+            return DINOv2ObjectDetector.from_checkpoint_dict(ckpt, cfg.train.checkpoint)
         if self.train_set is None:
             raise ValueError("--only_evaluate needs --checkpoint with a trained model")
         cfg.model.num_classes = self.train_set.num_classes
@@ -241,8 +239,7 @@ class Trainer:
         def add_loss(outputs, targets):  # validation loss: the training criterion on each batch
             _, targets = to_device([], targets, self.device)
             losses = self.criterion(to_float(outputs), targets)
-            weights = self.criterion.weight_dict(len(outputs.get("aux_outputs", [])), "enc_outputs" in outputs)
-            total = sum(losses[k] * weights[k] for k in losses)
+            total = self.criterion.total(losses, outputs)
             for k, v in [("loss", total), *((k, v) for k, v in losses.items() if k.count("_") == 1)]:
                 loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
             loss_sums["batches"] = loss_sums.get("batches", 0.0) + 1

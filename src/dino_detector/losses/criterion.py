@@ -38,6 +38,11 @@ class SetCriterion(nn.Module):
             weights.update({f"{k}_{suffix}": v for k, v in self.base_weights.items()})
         return weights
 
+    def total(self, losses: dict[str, torch.Tensor], outputs: dict) -> torch.Tensor:
+        """The weighted sum of ``losses`` (this criterion's output for ``outputs``): the loss to minimise."""
+        weights = self.weight_dict(len(outputs.get("aux_outputs", [])), "enc_outputs" in outputs)
+        return sum(losses[k] * weights[k] for k in losses)
+
     def loss_labels(self, logits: torch.Tensor, targets, indices, num_boxes: float,
                     num_images: float | None = None) -> torch.Tensor:
         """logits [B, Q, C] (sigmoid) or [B, Q, C + 1] (softmax). Unmatched queries learn 'no object'."""

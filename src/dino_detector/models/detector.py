@@ -194,9 +194,13 @@ class DINOv2ObjectDetector(nn.Module):
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> "DINOv2ObjectDetector":
         """Rebuild a model from a training checkpoint (``dino_detector_*.pth``), offline. Raises
         FileNotFoundError, or ValueError for a file that is not a checkpoint of this library."""
-        from ..engine.checkpoint import load_checkpoint, load_model_state
+        from ..engine.checkpoint import load_checkpoint
+        return cls.from_checkpoint_dict(load_checkpoint(path, map_location), path)
 
-        ckpt = load_checkpoint(path, map_location)
+    @classmethod
+    def from_checkpoint_dict(cls, ckpt: dict, path: str | Path = "checkpoint") -> "DINOv2ObjectDetector":
+        """The model of an already loaded checkpoint dict (``path`` names it in error messages)."""
+        from ..engine.checkpoint import load_model_state
         model = cls.from_metadata(ckpt["metadata"])
         load_model_state(model, ckpt, path)
         return model
@@ -223,9 +227,19 @@ class DINOv2ObjectDetector(nn.Module):
         directory = Path(directory)
         if directory.is_file():
             return cls.from_checkpoint(directory)
-        if not (directory / "config.json").is_file():
-            raise FileNotFoundError(f"{directory} is neither a save_pretrained folder (config.json + "
-                                    "model.safetensors) nor a checkpoint file")
-        model = cls.from_metadata(json.loads((directory / "config.json").read_text()))
+        model = cls.from_metadata(saved_metadata(directory))
         model.load_state_dict(load_file(str(directory / "model.safetensors")))
         return model
+
+
+def saved_metadata(path: str | Path) -> dict:
+    """Architecture, data sizes, category ids and class names of a ``save_pretrained`` folder or a training
+    checkpoint file, without building the model."""
+    path = Path(path)
+    if path.is_file():
+        from ..engine.checkpoint import load_checkpoint
+        return load_checkpoint(path)["metadata"]
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is neither a save_pretrained folder (config.json + model.safetensors) "
+                                "nor a checkpoint file")
+    return json.loads((path / "config.json").read_text())

@@ -14,8 +14,10 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
+
+from ..data.images import load_image
 
 # Queries are scored in chunks so the [chunk, N] similarity matrix stays small even for large train sets.
 _QUERY_CHUNK = 1024
@@ -58,9 +60,7 @@ def object_crops(images_dir, annotations_json, size: int = 64, min_side: float =
         if not anns:
             continue  # skip the decode: images without usable boxes contribute nothing
         path = Path(images_dir) / coco.loadImgs(img_id)[0]["file_name"]
-        # One open per image; exif_transpose so boxes (drawn on the upright image) line up with pixels.
-        with Image.open(path) as im:
-            image = ImageOps.exif_transpose(im).convert("RGB")
+        image = load_image(path)  # EXIF-upright, so boxes (drawn on the upright image) line up with pixels
         w_img, h_img = image.size
         for a in anns:
             x, y, w, h = a["bbox"]

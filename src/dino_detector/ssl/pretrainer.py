@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from ..backbones.dino import IMAGENET_MEAN, IMAGENET_STD, load_vit
+from ..backbones.dino import imagenet_normalise, load_vit
 from ..backbones.encoder_file import ENCODER_FILE, save_encoder
 from ..data.build import resolve_num_workers
 from ..data.images import list_images, load_image, to_tensor_image
@@ -108,8 +108,6 @@ class Pretrainer:
         self.dino_loss = DINOLoss(cfg.out_dim, cfg.student_temp).to(self.device)
         self.ibot_loss = IBOTPatchLoss(cfg.out_dim, cfg.student_temp).to(self.device)
         self.koleo, self.vicreg = KoLeoLoss(), VICRegLoss()
-        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         self.mask_generator = torch.Generator().manual_seed(cfg.seed + self.dist.rank)
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         if cfg.resume:
@@ -117,7 +115,7 @@ class Pretrainer:
         self.logger = RunLogger(cfg.log_dir or self.out / "tensorboard", enabled=self.dist.is_main)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.to(self.device, non_blocking=True) - self.mean) / self.std
+        return imagenet_normalise(x.to(self.device, non_blocking=True))
 
     # ------------------------------------------------------------------ one step
     def training_step(self, globals_: list, locals_: list, progress: float, epoch: int) -> dict[str, float]:
