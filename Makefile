@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q
+
+# benchmark suite, ours against the peer detectors: `make bench [OUT=DIR]` (python -m benchmarks.run --help)
+bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m benchmarks.run --suite cpu --out $(or $(OUT),bench_out)
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -17,6 +17,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from dino_detector.train import main as train_main
 
 TOLERANCE = 1e-5
+# Adam divides each gradient by its own running scale: a rounding-level difference in a near-zero gradient
+# (the all-reduce sums in another order) can move that weight by a fraction of lr (1e-4) per step. Seen:
+# 5.5e-5 after 8 steps with the fused AdamW kernel, against 8e-4 for a weight whose update flipped sign.
+WEIGHT_TOLERANCE = 1e-4
 
 
 def run_args(tiny_coco, out: Path, batch: int, *extra: str) -> list[str]:
@@ -63,7 +67,7 @@ def test_torchrun_two_processes_equal_one_process_with_the_whole_batch(tiny_coco
     single, ddp = step_losses(batch4), step_losses(out)
     assert len(single) == len(ddp) == 8  # 16 images, 4 per step, 2 epochs
     assert ddp == pytest.approx(single, abs=TOLERANCE)
-    assert max_difference(final_weights(out), final_weights(batch4)) < TOLERANCE
+    assert max_difference(final_weights(out), final_weights(batch4)) < WEIGHT_TOLERANCE
     ckpt = torch.load(out / "dino_detector_final.pth", weights_only=True)
     assert len(ckpt["rng"]) == 2  # each process's random state is kept for an exact resume
     assert ckpt["step"] == 8
@@ -75,7 +79,7 @@ def test_gradient_accumulation_4x2_equals_batch_8(tiny_coco, tmp_path):
     one, acc = step_losses(tmp_path / "b8"), step_losses(tmp_path / "acc")
     assert len(one) == len(acc) == 2  # optimizer steps, not batches
     assert acc == pytest.approx(one, abs=TOLERANCE)
-    assert max_difference(final_weights(tmp_path / "acc"), final_weights(tmp_path / "b8")) < TOLERANCE
+    assert max_difference(final_weights(tmp_path / "acc"), final_weights(tmp_path / "b8")) < WEIGHT_TOLERANCE
     # control: accumulation without the window-wide normalisation would be a different update
     in_process(run_args(tiny_coco, tmp_path / "b2", 2))
     assert max_difference(final_weights(tmp_path / "b2"), final_weights(tmp_path / "b8")) > 1e-4

@@ -161,3 +161,30 @@ def test_mixed_empty_and_nonempty_targets(criterion):
     losses = criterion(outputs, targets)
     assert losses["loss_bbox"].item() == pytest.approx(0.1, abs=1e-6)
     assert losses["loss_giou"].item() == pytest.approx(2 / 3, abs=1e-6)
+
+
+def test_iou_aware_class_target_is_the_box_iou():
+    """Varifocal loss: a matched query's class score is pulled to the IoU of its box (here 0.5), not to 1;
+    an unmatched query is pushed down with the focal weight alpha * p^gamma."""
+    from dino_detector.config import LossConfig
+    from dino_detector.losses.criterion import build_criterion
+
+    criterion = build_criterion(2, LossConfig(iou_aware=True))
+    target = {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}
+    half = torch.tensor([[[0.5, 0.5, 0.2, 0.1], [0.1, 0.1, 0.05, 0.05]]])  # query 0: IoU 0.5 with the truth
+
+    def grads(logit_value: float) -> torch.Tensor:
+        logits = torch.full((1, 2, 2), -3.0)
+        logits[0, 0, 1] = logit_value
+        logits.requires_grad_(True)
+        indices = [(torch.tensor([0]), torch.tensor([0]))]
+        criterion.loss_labels(logits, [target], indices, 1.0, boxes=half).backward()
+        return logits.grad[0]
+
+    assert abs(float(grads(0.0)[0, 1])) < 1e-6  # sigmoid(0) = 0.5 = IoU: the optimum
+    assert float(grads(1.0)[0, 1]) > 0 and float(grads(-1.0)[0, 1]) < 0  # pulled back towards 0.5 from both sides
+    assert float(grads(0.0)[1, 0]) > 0  # unmatched query: its score goes down
+    plain = build_criterion(2, LossConfig())
+    logits = torch.zeros(1, 2, 2, requires_grad=True)
+    plain.loss_labels(logits, [target], [(torch.tensor([0]), torch.tensor([0]))], 1.0, boxes=half).backward()
+    assert float(logits.grad[0, 0, 1]) < 0  # the focal loss pulls towards 1 instead

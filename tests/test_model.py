@@ -380,7 +380,7 @@ def test_pretrained_auto_lora_model_round_trip(monkeypatch, tmp_path):
 
     original = dino.load_vit
     # stand-in for a hub download (no network): the tiny architecture with random weights
-    monkeypatch.setattr(dino, "load_vit", lambda name, pretrained: original("tiny", False))
+    monkeypatch.setattr(dino, "load_vit", lambda name, pretrained, *_: original("tiny", False))
     model = build_small_detector(num_classes=2, dino_model="facebook/dinov2-small", pretrained=True)
     assert model.backbone_mode == "lora"  # 'auto' with pretrained weights
     model.eval()

@@ -28,6 +28,10 @@ class ModelConfig:
     lora_target_modules: list = field(default_factory=lambda: ["q_proj", "v_proj"])
     lora_last_n_blocks: int = 0  # 0: adapters on every block
     backbone_feature_layers: int = 1  # n > 1: outputs of n evenly spaced ViT blocks, concatenated
+    backbone_attention: str = "full"  # full | windowed | auto (windowed for random DINOv2 weights, else full)
+    backbone_windows: int = 2  # windowed: the patch grid is cut into n x n tiles that attend within themselves
+    backbone_global_blocks: int = 4  # windowed: evenly spaced blocks that still attend over the whole image
+    backbone_patch_size: int = 0  # >0: patch size of a randomly initialised ViT (pretrained weights keep theirs)
     num_classes: int = 0  # 0: taken from the training annotations
     hidden_dim: int = 256
     num_queries: int = 100
@@ -142,6 +146,8 @@ class LossConfig:
     no_object_weight: float = 0.1  # softmax classifier: cross-entropy weight of the "no object" class
     box_loss: str = "l1"  # l1 | smooth_l1
     smooth_l1_beta: float = 0.1  # boxes are in 0..1, so the quadratic zone is 10 % of the image
+    iou_aware: bool = False  # sigmoid classifier: matched queries learn their box's IoU as the class target
+    vfl_alpha: float = 0.75  # --iou_aware (varifocal loss): weight of the unmatched queries' p^gamma term
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "loss": LossConfig}
@@ -231,6 +237,9 @@ PRESETS: dict[str, dict] = {
         "dino_model": "facebook/dinov2-small", "decoder_layers": 2, "num_queries": 25,
         "hidden_dim": 128, "dim_feedforward": 512, "box_mlp_layers": 2, "num_points": 2,
         "lora_last_n_blocks": 4, "num_heads": 4,
+        # from random weights, RF-DETR's layout: 16-px patches and 2 x 2 attention windows (pretrained
+        # weights keep their 14-px patches and full attention)
+        "backbone_attention": "auto", "backbone_patch_size": 16,
     },
     "detr-dinov3": {
         "dino_model": "facebook/dinov3-vitl16-pretrain-lvd1689m", "attention": "standard",

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .windowed import WindowedRunner
+
 # name -> (family, config kwargs). Values follow the official releases' config.json files.
 ARCHITECTURES: dict[str, tuple[str, dict]] = {
     "tiny": ("dinov2", dict(hidden_size=192, num_hidden_layers=6, num_attention_heads=3, mlp_ratio=4)),
@@ -89,9 +91,10 @@ def architecture_config(name: str):
     return config_cls(**{**_FAMILY_DEFAULTS[family], **kwargs})
 
 
-def load_vit(name: str, pretrained: bool) -> nn.Module:
+def load_vit(name: str, pretrained: bool, patch_size: int = 0) -> nn.Module:
     """A ViT for ``name``: random weights from the table, pretrained from hub / folder, our flexible encoder
-    (random weights), or an encoder file written by ``pretrain`` (its weights unless ``pretrained`` is False)."""
+    (random weights), or an encoder file written by ``pretrain`` (its weights unless ``pretrained`` is False).
+    ``patch_size`` > 0 builds a table architecture with that patch size (random weights only)."""
     from .encoder_file import encoder_path, load_encoder
     from .flexible import FlexibleEncoder, is_flexible
 
@@ -104,6 +107,8 @@ def load_vit(name: str, pretrained: bool) -> nn.Module:
             from transformers import AutoConfig, AutoModel
             return AutoModel.from_config(AutoConfig.from_pretrained(name))
         config = architecture_config(name)
+        if patch_size:
+            config.patch_size = patch_size
         return _classes(ARCHITECTURES[name][0])[1](config)
     from transformers import AutoModel
     try:
@@ -156,11 +161,14 @@ class DinoBackbone(nn.Module):
     ``feature_layers`` = n > 1 the outputs of n evenly spaced blocks (the last included), each passed through
     the ViT's final norm and concatenated along channels (as DINOv2's ``get_intermediate_layers``)."""
 
-    def __init__(self, name: str = "tiny", pretrained: bool = False, feature_layers: int = 1, weights_file: str = ""):
-        """``weights_file``: an official DINOv2 checkpoint loaded into the ``name`` architecture (offline)."""
+    def __init__(self, name: str = "tiny", pretrained: bool = False, feature_layers: int = 1, weights_file: str = "",
+                 windows: int = 0, global_blocks: int = 4, patch_size: int = 0):
+        """``weights_file``: an official DINOv2 checkpoint loaded into the ``name`` architecture (offline).
+        ``windows`` > 0: windowed attention on a windows x windows grid of tiles in all but ``global_blocks``
+        blocks (``windowed.py``). ``patch_size`` > 0: that patch size for a randomly initialised ViT."""
         super().__init__()
         self.name = name
-        self.vit = load_vit(name, pretrained and not weights_file)
+        self.vit = load_vit(name, pretrained and not weights_file, patch_size)
         if weights_file:
             from .official_weights import load_official_weights
             load_official_weights(self.vit, weights_file)
@@ -173,6 +181,9 @@ class DinoBackbone(nn.Module):
         self.patch_size = cfg.patch_size
         self.num_channels = cfg.hidden_size * feature_layers
         self.num_prefix_tokens = 1 + getattr(cfg, "num_register_tokens", 0)
+        self.windowed = WindowedRunner(self.vit, windows, global_blocks) if windows else None
+        # the padded patch grid must split into whole tiles
+        self.grid_multiple = windows if windows else 1
 
     def block_prefix(self) -> str:
         """Module path of the transformer blocks (differs between DINOv2 and DINOv3)."""
@@ -185,11 +196,14 @@ class DinoBackbone(nn.Module):
 
     def _tokens(self, batch: torch.Tensor) -> torch.Tensor:
         """Patch tokens [N, h*w, num_channels] (prefix and register tokens dropped)."""
-        if len(self.layer_ids) == 1:
+        norm = self.vit.norm if hasattr(self.vit, "norm") else self.vit.layernorm  # DINOv3 / DINOv2 name
+        if self.windowed is not None:
+            states = self.windowed(self.vit, batch, self.patch_size, self.num_prefix_tokens, self.layer_ids)
+            tokens = torch.cat([norm(state) for state in states], -1)
+        elif len(self.layer_ids) == 1:
             tokens = self.vit(pixel_values=batch).last_hidden_state
         else:
             states = self.vit(pixel_values=batch, output_hidden_states=True).hidden_states
-            norm = self.vit.norm if hasattr(self.vit, "norm") else self.vit.layernorm  # DINOv3 / DINOv2 name
             tokens = torch.cat([norm(states[k]) for k in self.layer_ids], -1)
         return tokens[:, self.num_prefix_tokens:]
 
@@ -201,15 +215,19 @@ class DinoBackbone(nn.Module):
     def forward(self, images: list[torch.Tensor] | torch.Tensor) -> FeatureMap:
         """images: list of [3, h_i, w_i] float tensors in [0, 1] (any sizes), or one [B, 3, H, W] batch of
         images of one size (a single ViT call, no Python branching on sizes: the path ONNX export traces)."""
-        p = self.patch_size
+        p, m = self.patch_size, self.grid_multiple
         if isinstance(images, torch.Tensor):
             b, _, h, w = images.shape
-            fmap = self._feature_map(self._normalise_and_pad(images, (h + p - 1) // p * p, (w + p - 1) // p * p))
-            mask = torch.zeros(b, *fmap.shape[-2:], dtype=torch.bool, device=images.device)
+            gh, gw = (h + p - 1) // p, (w + p - 1) // p
+            fmap = self._feature_map(self._normalise_and_pad(images, (gh + m - 1) // m * m * p,
+                                                             (gw + m - 1) // m * m * p))
+            mask = torch.ones(b, *fmap.shape[-2:], dtype=torch.bool, device=images.device)
+            mask[:, :gh, :gw] = False  # tiles of windowed attention may add padding cells
             sizes = torch.stack([torch.full((b,), h), torch.full((b,), w)], 1).to(fmap)
             return FeatureMap(fmap, mask, sizes)
         grids = [(-(-im.shape[-2] // p), -(-im.shape[-1] // p)) for im in images]
-        hf, wf = max(g[0] for g in grids), max(g[1] for g in grids)
+        padded = {g: (-(-g[0] // m) * m, -(-g[1] // m) * m) for g in grids}
+        hf, wf = max(g[0] for g in padded.values()), max(g[1] for g in padded.values())
         out = images[0].new_zeros(len(images), self.num_channels, hf, wf)
         mask = torch.ones(len(images), hf, wf, dtype=torch.bool, device=images[0].device)
         # Images with the same patch grid share one ViT call (each padded on its own to that grid, exactly
@@ -218,8 +236,9 @@ class DinoBackbone(nn.Module):
         for i, g in enumerate(grids):
             groups.setdefault(g, []).append(i)
         for (gh, gw), idx in groups.items():
-            fmap = self._feature_map(torch.stack([self._normalise_and_pad(images[i], gh * p, gw * p) for i in idx]))
-            out[idx, :, :gh, :gw] = fmap.to(out.dtype)
+            ph, pw = padded[(gh, gw)]
+            fmap = self._feature_map(torch.stack([self._normalise_and_pad(images[i], ph * p, pw * p) for i in idx]))
+            out[idx, :, :ph, :pw] = fmap.to(out.dtype)
             mask[idx, :gh, :gw] = False
         sizes = torch.tensor([tuple(im.shape[-2:]) for im in images], dtype=out.dtype, device=out.device)
         return FeatureMap(out, mask, sizes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 
+import torch
 from torch import nn
 
 SCHEDULES = ("step", "cosine")
@@ -42,6 +43,16 @@ def backbone_groups(model: nn.Module, lr: float, layer_decay: float) -> list[dic
 def head_group(model: nn.Module, lr: float) -> list[dict]:
     params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
     return [{"name": "head", "params": params, "base_lr": lr}] if params else []
+
+
+def build_optimizer(model: nn.Module, lr: float, backbone_lr: float, layer_decay: float,
+                    weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the head and backbone groups. The fused kernel updates every tensor in one pass: on CPU a
+    DINOv2-S step's update is several times faster than the per-tensor loop."""
+    groups = head_group(model, lr) + backbone_groups(model, backbone_lr, layer_decay)
+    device = next(model.parameters()).device.type
+    fused = device in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused)
 
 
 class LRSchedule:

@@ -26,7 +26,7 @@ from .epoch import to_device, to_float, train_one_epoch
 from .evaluator import predict_dataset, score_results
 from .logging import RunLogger, write_json
 from .memory import memory_stats, reset_peak
-from .optim import LRSchedule, backbone_groups, head_group
+from .optim import LRSchedule, backbone_groups, build_optimizer
 
 log = logging.getLogger(__name__)
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -107,9 +107,7 @@ class Trainer:
         log.info(self.model.parameter_summary())
         self.criterion = build_criterion(self.model.num_classes, cfg.loss, self.model.softmax).to(self.device)
         self.ddp = self._wrap()
-        self.optimizer = torch.optim.AdamW(head_group(self.model, t.lr) +
-                                           backbone_groups(self.model, self._backbone_lr(), t.layer_decay),
-                                           lr=t.lr, weight_decay=t.weight_decay)
+        self.optimizer = build_optimizer(self.model, t.lr, self._backbone_lr(), t.layer_decay, t.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = ema_model(self.model, t.ema_decay) if t.ema else None
         self.start_epoch, self.step, self.elapsed = 0, 0, 0.0
@@ -253,6 +251,7 @@ class Trainer:
             return None
         metrics, table = score_results(self.val_set.coco, results, self.cfg.train.score_threshold, self.val_set.ids)
         metrics["epoch"] = epoch
+        metrics["step"], metrics["train_seconds"] = self.step, round(self.elapsed, 1)  # for AP-vs-time curves
         batches = totals.pop("batches", 0.0)
         metrics["losses"] = {k: v / batches for k, v in totals.items()} if batches else {}
         write_json(metrics, self.out / f"val_metrics_{prefix}{tag}.json")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 from .matcher import HungarianMatcher
 
@@ -18,7 +18,8 @@ class SetCriterion(nn.Module):
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, softmax: bool = False,
-                 no_object_weight: float = 0.1, box_loss: str = "l1", smooth_l1_beta: float = 0.1):
+                 no_object_weight: float = 0.1, box_loss: str = "l1", smooth_l1_beta: float = 0.1,
+                 iou_aware: bool = False, vfl_alpha: float = 0.75):
         super().__init__()
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got '{box_loss}'")
@@ -27,6 +28,7 @@ class SetCriterion(nn.Module):
         self.base_weights = dict(weight_dict)
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.softmax, self.box_loss, self.smooth_l1_beta = softmax, box_loss, smooth_l1_beta
+        self.iou_aware, self.vfl_alpha = iou_aware and not softmax, vfl_alpha
         class_weight = torch.ones(num_classes + 1)
         class_weight[-1] = no_object_weight
         self.register_buffer("class_weight", class_weight, persistent=False)
@@ -44,8 +46,9 @@ class SetCriterion(nn.Module):
         return sum(losses[k] * weights[k] for k in losses)
 
     def loss_labels(self, logits: torch.Tensor, targets, indices, num_boxes: float,
-                    num_images: float | None = None) -> torch.Tensor:
-        """logits [B, Q, C] (sigmoid) or [B, Q, C + 1] (softmax). Unmatched queries learn 'no object'."""
+                    num_images: float | None = None, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """logits [B, Q, C] (sigmoid) or [B, Q, C + 1] (softmax). Unmatched queries learn 'no object'.
+        ``boxes`` [B, Q, 4]: the predicted boxes, needed by ``iou_aware``."""
         if self.softmax:
             classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
             for i, (src, tgt) in enumerate(indices):
@@ -62,9 +65,27 @@ class SetCriterion(nn.Module):
         onehot = torch.zeros_like(logits)
         for i, (src, tgt) in enumerate(indices):
             onehot[i, src, targets[i]["labels"][tgt]] = 1.0
+        if self.iou_aware and boxes is not None:
+            return self.varifocal(logits, onehot, boxes, targets, indices) / num_boxes
         loss = sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma,
                                   reduction="sum")
         return loss / num_boxes
+
+    def varifocal(self, logits, onehot, boxes, targets, indices) -> torch.Tensor:
+        """Varifocal loss (VarifocalNet; RT-DETR, DEIM): a matched query's target is the IoU of its box with
+        the object's, so the class score also ranks localisation quality, which AP rewards; unmatched
+        queries are down-weighted by ``vfl_alpha * p^gamma`` as in focal loss."""
+        score = torch.zeros_like(logits)
+        src, tgt = self.matched_boxes(boxes, targets, indices)
+        if src.numel():
+            iou = box_iou(box_convert(src.detach(), "cxcywh", "xyxy"), box_convert(tgt, "cxcywh", "xyxy")).diag()
+            batch = torch.cat([torch.full_like(s, i) for i, (s, _) in enumerate(indices)]).to(logits.device)
+            query = torch.cat([s for s, _ in indices]).to(logits.device)
+            label = torch.cat([targets[i]["labels"][t] for i, (_, t) in enumerate(indices)])
+            score[batch, query, label] = iou.clamp(min=0).to(score.dtype)
+        prob = logits.sigmoid().detach()
+        weight = self.vfl_alpha * prob.pow(self.focal_gamma) * (1 - onehot) + score
+        return nn.functional.binary_cross_entropy_with_logits(logits, score, weight=weight, reduction="sum")
 
     @staticmethod
     def matched_boxes(boxes: torch.Tensor, targets, indices) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +109,8 @@ class SetCriterion(nn.Module):
     def single(self, outputs: dict, targets: list[dict], num_boxes: float,
                num_images: float) -> dict[str, torch.Tensor]:
         indices = self.matcher(outputs, targets)
-        losses = {"loss_ce": self.loss_labels(outputs["pred_logits"], targets, indices, num_boxes, num_images)}
+        losses = {"loss_ce": self.loss_labels(outputs["pred_logits"], targets, indices, num_boxes, num_images,
+                                              outputs["pred_boxes"])}
         losses.update(self.loss_boxes(outputs["pred_boxes"], targets, indices, num_boxes))
         return losses
 
@@ -119,4 +141,5 @@ def build_criterion(num_classes: int, loss_cfg, softmax: bool = False) -> SetCri
     weights = {"loss_ce": loss_cfg.cls_loss_coef, "loss_bbox": loss_cfg.bbox_loss_coef,
                "loss_giou": loss_cfg.giou_loss_coef}
     return SetCriterion(num_classes, matcher, weights, loss_cfg.focal_alpha, loss_cfg.focal_gamma, softmax,
-                        loss_cfg.no_object_weight, loss_cfg.box_loss, loss_cfg.smooth_l1_beta)
+                        loss_cfg.no_object_weight, loss_cfg.box_loss, loss_cfg.smooth_l1_beta, loss_cfg.iou_aware,
+                        loss_cfg.vfl_alpha)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import json
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import torch
 from torch import nn
 
 from ..backbones.adapters import apply_backbone_mode, count_parameters, resolve_backbone_mode
-from ..backbones.dino import DinoBackbone
+from ..backbones.dino import ARCHITECTURES, DinoBackbone
+from ..backbones.windowed import resolve_backbone_attention
 from ..backbones.pyramid import SimpleFeaturePyramid
 from ..config import DataConfig, ModelConfig
 from .heads import HeadSpec, inverse_sigmoid
@@ -18,6 +20,7 @@ from .postprocess import postprocess
 from .two_stage import ProposalSelector
 from .transformer import Decoder, DecoderLayer, Encoder, EncoderLayer, FlatLevels
 
+log = logging.getLogger(__name__)
 INITIAL_BOX_SIZE = 0.1  # initial reference boxes: 10 % of the image side, centres spread uniformly
 
 
@@ -51,7 +54,10 @@ class DINOv2ObjectDetector(nn.Module):
         if len(self.category_ids) != num_classes or len(self.class_names) != num_classes:
             raise ValueError("category_ids and class_names must have num_classes entries")
 
-        self.backbone = DinoBackbone(cfg.dino_model, cfg.pretrained, cfg.backbone_feature_layers, cfg.dino_weights)
+        self._resolve_backbone_layout(cfg)
+        windows = cfg.backbone_windows if cfg.backbone_attention == "windowed" else 0
+        self.backbone = DinoBackbone(cfg.dino_model, cfg.pretrained, cfg.backbone_feature_layers, cfg.dino_weights,
+                                     windows, cfg.backbone_global_blocks, cfg.backbone_patch_size)
         self.backbone_mode = resolve_backbone_mode(cfg.backbone_mode, cfg.pretrained or bool(cfg.dino_weights),
                                                    cfg.dino_model)
         cfg.backbone_mode = self.backbone_mode  # stored resolved: a reload without hub weights keeps adapters
@@ -77,6 +83,18 @@ class DINOv2ObjectDetector(nn.Module):
                 centres = torch.rand(cfg.num_queries, 2, generator=g)
                 sizes = torch.full((cfg.num_queries, 2), INITIAL_BOX_SIZE)
                 self.query_boxes.weight.copy_(inverse_sigmoid(torch.cat([centres, sizes], -1)))
+
+    @staticmethod
+    def _resolve_backbone_layout(cfg: ModelConfig) -> None:
+        """Attention mode and patch size, stored resolved so that a reloaded model (built without hub
+        weights) gets the layout it was trained with."""
+        random_weights = cfg.dino_model == "tiny" or not (cfg.pretrained or cfg.dino_weights)
+        dinov2 = ARCHITECTURES.get(cfg.dino_model, ("",))[0] in ("dinov2", "dinov2_reg")
+        cfg.backbone_attention = resolve_backbone_attention(cfg.backbone_attention, random_weights, dinov2)
+        if cfg.backbone_patch_size and not (random_weights and cfg.dino_model in ARCHITECTURES):
+            log.info("backbone_patch_size %d ignored: %s keeps its own patch size", cfg.backbone_patch_size,
+                     cfg.dino_model)
+            cfg.backbone_patch_size = 0
 
     @property
     def num_classes(self) -> int:

@@ -1,0 +1,162 @@
+"""dino_detector in the benchmark: its presets from random weights, trained by its own trainer.
+
+Variants (every one from random initialisation, nothing pretrained):
+- ``lightweight``: the preset as-is on the DINOv2-S architecture (12 blocks x 384, windowed attention and
+  16-px patches, as the preset resolves them for random weights; the whole backbone is trained).
+- ``lightweight-lora``: the same preset as it trains on pretrained DINOv2-S weights: 14-px patches, full
+  attention, LoRA on the last 4 blocks, the rest frozen (speed only: random weights make the accuracy moot).
+- ``standard``: the default preset on the DINOv2-S architecture.
+- ``tiny``: our best CPU recipe: the standard preset on the ``tiny`` DINOv2 architecture (6 blocks x 192)
+  with a 4-level pyramid from 3 ViT blocks, one deformable encoder layer and two-stage proposals.
+
+``train_step`` and ``inference`` build the model the trainer builds (``DINOv2ObjectDetector`` from the
+variant's config) with its criterion and AdamW groups; ``train_for_budget`` runs ``dino_detector.train``
+itself with ``--time_budget_min``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import BccdData, BudgetRun
+
+BCCD_CLASSES = 3
+# accuracy runs: the budget ends training (epochs is only a ceiling); val AP every few epochs draws the
+# AP-vs-time curve. The DINOv2-S variants take 4 images per step (more updates in the budget), the tiny
+# ones keep the 8 of their measured recipe (BENCHMARKS.md, issue 3).
+_COMMON = {"epochs": 1000, "checkpoint_every": 0}
+_SMALL_STEPS = {"batch_size": 4, "image_size": 384, "lr": 2e-4}
+_TINY_RECIPE = {"dino_model": "tiny", "batch_size": 8, "image_size": 384, "lr": 5e-4}
+VARIANTS: dict[str, dict] = {
+    "lightweight": {"preset": "lightweight", "dinov2_arch": True,
+                    "overrides": {**_SMALL_STEPS, "num_queries": 50}, "eval_every": 4},
+    "lightweight-lora": {"preset": "lightweight", "dinov2_arch": True, "speed_only": True,
+                         "overrides": {"backbone_mode": "lora", "backbone_attention": "full",
+                                       "backbone_patch_size": 0}},
+    "standard": {"preset": "standard", "dinov2_arch": True,
+                 "overrides": {**_SMALL_STEPS, "dino_model": "facebook/dinov2-small"},
+                 "eval_every": 4},
+    # the tiny DINOv2 architecture with our best CPU recipe: a 4-level pyramid from 3 ViT blocks, one
+    # deformable encoder layer, two-stage proposals (BENCHMARKS.md, issue 3)
+    "tiny": {"preset": "standard", "dinov2_arch": True,
+             "overrides": {**_TINY_RECIPE, "num_feature_levels": 4, "backbone_feature_layers": 3,
+                           "decoder_shared_values": True, "encoder_layers": 1, "two_stage": True},
+             "eval_every": 8},
+}
+
+
+def _config(variant: str, **extra):
+    from dino_detector.config import build_config
+
+    spec = VARIANTS[variant]
+    return build_config(spec["preset"], pretrained=False, **{**spec["overrides"], **extra})
+
+
+def _model(variant: str, device: str = "cpu"):
+    from dino_detector.models.detector import DINOv2ObjectDetector
+
+    torch.manual_seed(0)
+    cfg = _config(variant)
+    model = DINOv2ObjectDetector(num_classes=BCCD_CLASSES, config=cfg.model).to(device)
+    return model, cfg
+
+
+def _synthetic_targets(batch: int, device: str) -> list[dict]:
+    boxes = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.1, 0.2], [0.5, 0.2, 0.3, 0.1]], device=device)
+    return [{"labels": torch.tensor([0, 1, 2], device=device), "boxes": boxes} for _ in range(batch)]
+
+
+def train_step(variant: str, side: int, batch: int, device: str = "cpu", dtype: str = "fp32") -> Callable[[], None]:
+    """One step as the trainer takes it: forward, weighted criterion, backward, AdamW (its lr groups)."""
+    from dino_detector.engine.optim import build_optimizer
+    from dino_detector.losses.criterion import build_criterion
+
+    model, cfg = _model(variant, device)
+    model.train()
+    criterion = build_criterion(BCCD_CLASSES, cfg.loss, model.softmax)
+    lr = cfg.train.lr
+    optimizer = build_optimizer(model, lr, lr, cfg.train.layer_decay, cfg.train.weight_decay)
+    images = torch.rand(batch, 3, side, side, device=device)
+    targets = _synthetic_targets(batch, device)
+    autocast = torch.autocast(device, torch.bfloat16, enabled=dtype == "bf16")
+
+    def step() -> None:
+        with autocast:
+            outputs = model(images)
+        outputs = {k: _to_float(v) for k, v in outputs.items()}
+        loss = criterion.total(criterion(outputs, targets), outputs)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def _to_float(value):
+    if isinstance(value, torch.Tensor):
+        return value.float()
+    if isinstance(value, list):
+        return [{k: _to_float(v) for k, v in d.items()} for d in value]
+    if isinstance(value, dict):
+        return {k: _to_float(v) for k, v in value.items()}
+    return value
+
+
+def inference(variant: str, side: int, device: str = "cpu", dtype: str = "fp32") -> Callable[[], None]:
+    """Batch-1 forward and post-processing to the top-100 boxes, as ``predict`` runs it (LoRA merged)."""
+    from dino_detector.backbones.adapters import merge_lora_
+    from dino_detector.models.postprocess import postprocess
+
+    model, _ = _model(variant, device)
+    merge_lora_(model)
+    model.eval()
+    image = torch.rand(1, 3, side, side, device=device)
+    sizes = [(side, side)]
+    autocast = torch.autocast(device, torch.bfloat16, enabled=dtype == "bf16")
+
+    def run() -> None:
+        with torch.inference_mode(), autocast:
+            postprocess(model(image), sizes, model.category_ids, softmax=model.softmax)
+    return run
+
+
+def parameters(variant: str) -> int:
+    return sum(p.numel() for p in _model(variant)[0].parameters())
+
+
+def train_for_budget(variant: str, data: BccdData, minutes: float, out_dir: Path, seed: int = 42) -> BudgetRun:
+    """``python -m dino_detector.train`` on BCCD train for ``minutes`` of wall-clock, evaluated on val."""
+    from dino_detector.train import main as train_main
+
+    spec = VARIANTS[variant]
+    settings = {**_COMMON, **spec["overrides"], "eval_every": spec.get("eval_every", 4), "seed": seed,
+                "time_budget_min": minutes, "device": "cpu", "output_dir": str(out_dir)}
+    argv = ["--preset", spec["preset"], "--no_pretrained",
+            "--train_images", str(data.images), "--train_annotations", str(data.train_json),
+            "--val_images", str(data.images), "--val_annotations", str(data.val_json)]
+    for key, value in settings.items():
+        if isinstance(value, bool):
+            argv.append(f"--{key}" if value else f"--no_{key}")
+        else:
+            argv += [f"--{key}", str(value)]
+    started = time.time()
+    if train_main(argv) != 0:
+        raise RuntimeError(f"dino_detector.train failed for {variant}: {' '.join(argv)}")
+    out = Path(out_dir)
+    results = json.loads((out / "val_predictions_final.json").read_text())
+    curve = []
+    for path in sorted(out.glob("val_metrics_*.json")):
+        metrics = json.loads(path.read_text())
+        if "train_seconds" in metrics:
+            curve.append((metrics["train_seconds"], metrics["AP"], "dino_detector"))
+    history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
+    return BudgetRun(results=results, curve=sorted(curve), steps=_steps(out),
+                     notes=f"{' '.join(argv)}; {len(history)} epochs, {time.time() - started:.0f} s with evaluation")
+
+
+def _steps(out: Path) -> int:
+    final = out / "val_metrics_final.json"
+    return int(json.loads(final.read_text()).get("step", 0)) if final.exists() else 0
