@@ -75,6 +75,7 @@ def _synthetic_targets(batch: int, device: str) -> list[dict]:
 
 def train_step(variant: str, side: int, batch: int, device: str = "cpu", dtype: str = "fp32") -> Callable[[], None]:
     """One step as the trainer takes it: forward, weighted criterion, backward, AdamW (its lr groups)."""
+    from dino_detector.engine.epoch import to_float
     from dino_detector.engine.optim import build_optimizer
     from dino_detector.losses.criterion import build_criterion
 
@@ -90,22 +91,12 @@ def train_step(variant: str, side: int, batch: int, device: str = "cpu", dtype: 
     def step() -> None:
         with autocast:
             outputs = model(images)
-        outputs = {k: _to_float(v) for k, v in outputs.items()}
+        outputs = to_float(outputs)
         loss = criterion.total(criterion(outputs, targets), outputs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     return step
-
-
-def _to_float(value):
-    if isinstance(value, torch.Tensor):
-        return value.float()
-    if isinstance(value, list):
-        return [{k: _to_float(v) for k, v in d.items()} for d in value]
-    if isinstance(value, dict):
-        return {k: _to_float(v) for k, v in value.items()}
-    return value
 
 
 def inference(variant: str, side: int, device: str = "cpu", dtype: str = "fp32") -> Callable[[], None]:
