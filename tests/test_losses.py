@@ -188,3 +188,24 @@ def test_iou_aware_class_target_is_the_box_iou():
     logits = torch.zeros(1, 2, 2, requires_grad=True)
     plain.loss_labels(logits, [target], [(torch.tensor([0]), torch.tensor([0]))], 1.0, boxes=half).backward()
     assert float(logits.grad[0, 0, 1]) < 0  # the focal loss pulls towards 1 instead
+
+
+def test_one_to_many_applies_to_proposals_and_early_layers_but_not_the_last_two():
+    """One object; query 0 predicts it exactly, queries 1 and 2 are 0.1 off in cx. One-to-one matching
+    takes the exact query (box losses 0); one-to-many with k=3 also takes the two others, whose L1 is
+    (0.1 + 0.1) / 3 when normalised by k boxes. Six decoder layers: aux 0-3 and the proposals are
+    one-to-many, aux 4 and the final layer one-to-one."""
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.6, 0.5, 0.2, 0.2], [0.4, 0.5, 0.2, 0.2]]])
+    layer = {"pred_logits": torch.zeros(1, 3, 2), "pred_boxes": boxes}
+    outputs = {**layer, "aux_outputs": [dict(layer) for _ in range(5)], "enc_outputs": dict(layer)}
+    targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+
+    hybrid = build_criterion(2, LossConfig(one_to_many=3))(outputs, targets)
+    for key in ["loss_bbox_0", "loss_bbox_3", "loss_bbox_enc"]:
+        assert hybrid[key].item() == pytest.approx(0.2 / 3, abs=1e-6)
+    for key in ["loss_bbox", "loss_bbox_4"]:
+        assert hybrid[key].item() == pytest.approx(0.0, abs=1e-7)
+    plain = build_criterion(2, LossConfig())(outputs, targets)
+    assert all(plain[k].item() == pytest.approx(0.0, abs=1e-7) for k in plain if k.startswith("loss_bbox"))
+    with pytest.raises(ValueError, match="one_to_many"):
+        build_criterion(2, LossConfig(one_to_many=0))

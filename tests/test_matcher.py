@@ -86,3 +86,19 @@ def test_predictions_equal_to_permuted_targets_recover_the_permutation():
 
     assignment = dict(zip(cols.tolist(), rows.tolist()))
     assert assignment == {j: q for j, q in enumerate(perm)}
+
+
+def test_one_to_many_matches_each_target_up_to_k_times_to_its_nearest_queries():
+    """repeats=3: two targets, each with three near copies among 8 queries -> every copy is matched to its
+    own target; two far-away queries stay unmatched. repeats=1 is the plain one-to-one matching."""
+    target_boxes = torch.tensor([[0.25, 0.25, 0.2, 0.2], [0.75, 0.75, 0.2, 0.2]])
+    pred_boxes = torch.tensor([[0.25, 0.25, 0.2, 0.2], [0.76, 0.75, 0.2, 0.2], [0.26, 0.25, 0.2, 0.2],
+                               [0.05, 0.95, 0.05, 0.05], [0.75, 0.75, 0.2, 0.2], [0.25, 0.27, 0.2, 0.2],
+                               [0.95, 0.05, 0.05, 0.05], [0.75, 0.77, 0.2, 0.2]])
+    outputs = {"pred_logits": torch.zeros(1, 8, 2), "pred_boxes": pred_boxes[None]}
+    targets = [{"labels": torch.tensor([0, 1]), "boxes": target_boxes}]
+
+    rows, cols = HungarianMatcher()(outputs, targets, repeats=3)[0]
+    assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 0), (1, 1), (2, 0), (4, 1), (5, 0), (7, 1)]
+    rows, cols = HungarianMatcher()(outputs, targets)[0]
+    assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 0), (4, 1)]

@@ -148,6 +148,7 @@ class LossConfig:
     smooth_l1_beta: float = 0.1  # boxes are in 0..1, so the quadratic zone is 10 % of the image
     iou_aware: bool = False  # sigmoid classifier: matched queries learn their box's IoU as the class target
     vfl_alpha: float = 0.75  # --iou_aware (varifocal loss): weight of the unmatched queries' p^gamma term
+    one_to_many: int = 1  # k > 1: proposals and all decoder layers but the last two match each box k times
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "loss": LossConfig}

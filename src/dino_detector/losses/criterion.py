@@ -14,12 +14,17 @@ class SetCriterion(nn.Module):
     """Classification loss over every query (sigmoid focal, or softmax cross-entropy with a down-weighted
     "no object" class), L1 or smooth-L1 and GIoU on matched boxes, each normalised by the number of target
     boxes in the batch; the same on every auxiliary decoder output (suffix ``_i``) and on the two-stage
-    proposals (suffix ``_enc``)."""
+    proposals (suffix ``_enc``).
+
+    ``one_to_many`` k > 1 (H-DETR's hybrid layers): the two-stage proposals and every decoder layer but the
+    last two match each object to up to k queries, so early in training many more queries get a box to learn
+    at no extra compute; the last two layers stay one-to-one and learn to keep one box per object. Their
+    losses are normalised by k times the number of boxes."""
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, softmax: bool = False,
                  no_object_weight: float = 0.1, box_loss: str = "l1", smooth_l1_beta: float = 0.1,
-                 iou_aware: bool = False, vfl_alpha: float = 0.75):
+                 iou_aware: bool = False, vfl_alpha: float = 0.75, one_to_many: int = 1):
         super().__init__()
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got '{box_loss}'")
@@ -29,6 +34,9 @@ class SetCriterion(nn.Module):
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.softmax, self.box_loss, self.smooth_l1_beta = softmax, box_loss, smooth_l1_beta
         self.iou_aware, self.vfl_alpha = iou_aware and not softmax, vfl_alpha
+        if one_to_many < 1:
+            raise ValueError(f"one_to_many must be >= 1, got {one_to_many}")
+        self.one_to_many = one_to_many
         class_weight = torch.ones(num_classes + 1)
         class_weight[-1] = no_object_weight
         self.register_buffer("class_weight", class_weight, persistent=False)
@@ -106,9 +114,10 @@ class SetCriterion(nn.Module):
                                         reduction="sum")
         return {"loss_bbox": reg / num_boxes, "loss_giou": giou / num_boxes}
 
-    def single(self, outputs: dict, targets: list[dict], num_boxes: float,
-               num_images: float) -> dict[str, torch.Tensor]:
-        indices = self.matcher(outputs, targets)
+    def single(self, outputs: dict, targets: list[dict], num_boxes: float, num_images: float,
+               repeats: int = 1) -> dict[str, torch.Tensor]:
+        indices = self.matcher(outputs, targets, repeats)
+        num_boxes = num_boxes * repeats
         losses = {"loss_ce": self.loss_labels(outputs["pred_logits"], targets, indices, num_boxes, num_images,
                                               outputs["pred_boxes"])}
         losses.update(self.loss_boxes(outputs["pred_boxes"], targets, indices, num_boxes))
@@ -126,10 +135,13 @@ class SetCriterion(nn.Module):
             num_images = float(len(targets))
         num_boxes = max(num_boxes, 1.0)
         losses = self.single(outputs, targets, num_boxes, num_images)
-        for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            losses.update({f"{k}_{i}": v for k, v in self.single(aux, targets, num_boxes, num_images).items()})
+        aux_outputs = outputs.get("aux_outputs", [])
+        for i, aux in enumerate(aux_outputs):
+            repeats = self.one_to_many if i < len(aux_outputs) - 1 else 1  # the last two layers: one-to-one
+            aux_losses = self.single(aux, targets, num_boxes, num_images, repeats)
+            losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
         if "enc_outputs" in outputs:  # two-stage proposals learn from the same set loss
-            enc = self.single(outputs["enc_outputs"], targets, num_boxes, num_images)
+            enc = self.single(outputs["enc_outputs"], targets, num_boxes, num_images, self.one_to_many)
             losses.update({f"{k}_enc": v for k, v in enc.items()})
         return losses
 
@@ -142,4 +154,4 @@ def build_criterion(num_classes: int, loss_cfg, softmax: bool = False) -> SetCri
                "loss_giou": loss_cfg.giou_loss_coef}
     return SetCriterion(num_classes, matcher, weights, loss_cfg.focal_alpha, loss_cfg.focal_gamma, softmax,
                         loss_cfg.no_object_weight, loss_cfg.box_loss, loss_cfg.smooth_l1_beta, loss_cfg.iou_aware,
-                        loss_cfg.vfl_alpha)
+                        loss_cfg.vfl_alpha, loss_cfg.one_to_many)

@@ -14,6 +14,8 @@ class HungarianMatcher(nn.Module):
     Deformable DETR for sigmoid scores, or DETR's -p(target class) for softmax scores.
 
     One cost matrix for the whole batch (all queries x all targets), split per image before the assignment.
+    ``repeats`` k > 1 matches one-to-many (H-DETR): every target is offered k times, so up to k queries learn
+    each object.
     """
 
     def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
@@ -23,9 +25,10 @@ class HungarianMatcher(nn.Module):
         self.alpha, self.gamma, self.softmax = alpha, gamma, softmax
 
     @torch.no_grad()
-    def forward(self, outputs: dict, targets: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, outputs: dict, targets: list[dict], repeats: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """outputs: pred_logits [B, Q, C], pred_boxes [B, Q, 4]; targets: per image labels [N_i], boxes [N_i, 4].
-        Returns per image (query indices, target indices), both int64 of length min(Q, N_i)."""
+        Returns per image (query indices, target indices), both int64 of length min(Q, repeats * N_i); a target
+        index appears up to ``repeats`` times."""
         b, q = outputs["pred_logits"].shape[:2]
         sizes = [len(t["labels"]) for t in targets]
         empty = torch.empty(0, dtype=torch.int64)
@@ -50,6 +53,7 @@ class HungarianMatcher(nn.Module):
         cost = cost.view(b, q, -1).cpu()
         indices = []
         for i, c in enumerate(cost.split(sizes, -1)):
-            rows, cols = linear_sum_assignment(c[i].numpy())
-            indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
+            rows, cols = linear_sum_assignment(c[i].repeat(1, repeats).numpy())
+            indices.append((torch.as_tensor(rows, dtype=torch.int64),
+                            torch.as_tensor(cols % max(sizes[i], 1), dtype=torch.int64)))
         return indices
