@@ -13,7 +13,7 @@ Order of the measurements (each one a ``benchmarks.measure`` subprocess, never t
 4. the fixed-budget accuracy runs, one after another (not for variants flagged ``speed_only``).
 
 The models are every variant in the ``VARIANTS`` of ``benchmarks.peers.ours`` and of each peer module
-(``MODULES``), read at start; ``--models`` keeps some of them.
+(``MODULES``), read at start, except those flagged ``opt_in``; ``--models`` names the ones to measure.
 
 Each measurement writes ``DIR/raw/<task>__<model>__<dtype>__r<round>.json`` (its log goes to ``DIR/logs``);
 a failed one (peer not installed, crash, timeout) writes the error and the tail of its log there instead and
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "rfdetr-small"  # the peer every ratio is taken against
 # the benchmarks.peers modules measured, whether they are ours, and the variants assumed when a module's
 # VARIANTS cannot be read (its measurements then fail and are reported as failures)
-MODULES = (("ours", True, ("lightweight", "standard", "tiny", "best")),
+MODULES = (("ours", True, ("lightweight", "standard", "tiny", "flexible")),
            ("rfdetr_peer", False, ("rfdetr-small",)),
            ("hf_rfdetr_peer", False, ("hf-rfdetr",)),
            ("yolo_peer", False, ("yolov8n",)))
@@ -49,13 +49,15 @@ MODULES = (("ours", True, ("lightweight", "standard", "tiny", "best")),
 class Entry:
     """One detector of the suite: ``model`` names it in every table; ``module`` is its ``benchmarks.peers``
     module and ``variant`` a key of that module's ``VARIANTS``, whose flags ``dinov2_arch`` (counts as the
-    DINOv2 architecture in the checks) and ``speed_only`` (no accuracy run) are copied here."""
+    DINOv2 architecture in the checks), ``speed_only`` (no accuracy run) and ``opt_in`` (measured only when
+    ``--models`` names it) are copied here."""
     model: str
     module: str
     variant: str
     ours: bool = False
     dinov2_arch: bool = False
     speed_only: bool = False
+    opt_in: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def read_entries(modules: dict[str, str]) -> list[Entry]:
     """Every variant of every module of ``MODULES``, read from its ``VARIANTS`` in one subprocess (keeps torch
     and the detectors out of this process); a module that cannot be imported gets its default variants."""
     code = ("import json, sys\nfrom benchmarks.measure import load_peer\nout = {}\nfor name in sys.argv[1:]:\n"
-            "    try:\n        out[name] = {k: {f: bool(dict(v).get(f)) for f in ('dinov2_arch', 'speed_only')}"
+            "    try:\n        out[name] = {k: {f: bool(dict(v).get(f)) for f in ('dinov2_arch', 'speed_only', 'opt_in')}"
             " for k, v in load_peer(name).VARIANTS.items()}\n"
             "    except Exception as err:\n        out[name] = repr(err)\nprint(json.dumps(out))")
     names = [modules.get(m, m) for m, _, _ in MODULES]
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--suite", choices=SUITES, default="cpu")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--only", choices=["speed", "accuracy"], help="run one half of the suite")
-    parser.add_argument("--models", help="comma-separated model names to keep (default: all)")
+    parser.add_argument("--models", help="comma-separated model names to measure (default: all but the opt-in ones)")
     parser.add_argument("--minutes", type=float, help="training budget of the accuracy runs")
     parser.add_argument("--rounds", type=int, help="speed rounds")
     parser.add_argument("--side", type=int, help="image side of the speed measurements")
@@ -240,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             parser.error(f"unknown models {unknown}; known: {[e.model for e in entries]}")
         entries = [e for e in entries if e.model in wanted]
+    else:
+        entries = [e for e in entries if not e.opt_in]
     jobs = plan(suite, entries, modules, args.only)
     if args.dry_run:
         print("\n".join(f"{i:3d} {j.key}: {' '.join(j.args)}" for i, j in enumerate(jobs, 1)))
