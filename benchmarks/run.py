@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "rfdetr-small"  # the peer every ratio is taken against
 # the benchmarks.peers modules measured, whether they are ours, and the variants assumed when a module's
 # VARIANTS cannot be read (its measurements then fail and are reported as failures)
+# the flags of a VARIANTS entry that are copied into its Entry (the Entry fields of the same names)
+VARIANT_FLAGS = ("dinov2_arch", "speed_only", "opt_in")
 MODULES = (("ours", True, ("lightweight", "standard", "tiny", "flexible")),
            ("rfdetr_peer", False, ("rfdetr-small",)),
            ("hf_rfdetr_peer", False, ("hf-rfdetr",)),
@@ -105,7 +107,7 @@ def read_entries(modules: dict[str, str]) -> list[Entry]:
     """Every variant of every module of ``MODULES``, read from its ``VARIANTS`` in one subprocess (keeps torch
     and the detectors out of this process); a module that cannot be imported gets its default variants."""
     code = ("import json, sys\nfrom benchmarks.measure import load_peer\nout = {}\nfor name in sys.argv[1:]:\n"
-            "    try:\n        out[name] = {k: {f: bool(dict(v).get(f)) for f in ('dinov2_arch', 'speed_only', 'opt_in')}"
+            f"    try:\n        out[name] = {{k: {{f: bool(dict(v).get(f)) for f in {VARIANT_FLAGS!r}}}"
             " for k, v in load_peer(name).VARIANTS.items()}\n"
             "    except Exception as err:\n        out[name] = repr(err)\nprint(json.dumps(out))")
     names = [modules.get(m, m) for m, _, _ in MODULES]

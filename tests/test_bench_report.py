@@ -55,19 +55,22 @@ def test_report_takes_medians_and_judges_the_must_shows(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["checks"] == agg["checks"]
 
 
+def _planned(capsys, *argv) -> list[str]:
+    """The measurement keys that ``benchmarks.run --dry_run`` prints, in order."""
+    from benchmarks.run import main
+
+    main(["--out", "unused", "--dry_run", *argv])
+    return [line.split()[1].rstrip(":") for line in capsys.readouterr().out.splitlines() if line[:4].strip().isdigit()]
+
+
 def test_suite_plan_leaves_out_opt_in_variants_unless_named(capsys):
     """The default plan measures `flexible` fully, `tiny` for speed only and not `lightweight-lora` (opt-in);
     naming it in --models brings it back."""
-    from benchmarks.run import main
-
-    main(["--out", "unused", "--dry_run"])
-    keys = [line.split()[1].rstrip(":") for line in capsys.readouterr().out.splitlines() if line[:4].strip().isdigit()]
+    keys = _planned(capsys)
     assert "accuracy__flexible" in keys and "train_speed__flexible__fp32__r0" in keys
     assert "train_speed__tiny__fp32__r1" in keys and "accuracy__tiny" not in keys
     assert not any("lightweight-lora" in k for k in keys)
     assert sum(k.startswith("accuracy__") for k in keys) == 5  # lightweight, flexible and the three peers
-    main(["--out", "unused", "--dry_run", "--models", "lightweight-lora"])
-    keys = [line.split()[1].rstrip(":") for line in capsys.readouterr().out.splitlines() if line[:4].strip().isdigit()]
-    assert keys == ["peak__r0", "train_speed__lightweight-lora__fp32__r0", "latency__lightweight-lora__fp32__r0",
+    assert _planned(capsys, "--models", "lightweight-lora") == ["peak__r0", "train_speed__lightweight-lora__fp32__r0", "latency__lightweight-lora__fp32__r0",
                     "peak__r1", "train_speed__lightweight-lora__fp32__r1", "latency__lightweight-lora__fp32__r1",
                     "peak__r2"]
