@@ -47,6 +47,10 @@ class ModelConfig:
     decoder_shared_values: bool = False  # deformable decoder layers share one value projection of the memory
     box_refine: bool = True
     two_stage: bool = False  # encoder tokens propose boxes; the top num_queries become the decoder's references
+    hybrid_queries: int = 0  # training only: a second query branch (H-DETR) matched one_to_many times per box
+    dn_queries: int = 0  # training only: up to this many denoising queries (DN-DETR / DINO) from noised boxes
+    dn_box_noise: float = 1.0  # positives' corners move by up to this x half the box size, negatives' 1-2 x
+    dn_label_noise: float = 0.5  # a denoising query's class is replaced by a random one with half this chance
     aux_loss: bool = True
     classifier: str = "sigmoid"  # sigmoid (per-class scores, focal loss) | softmax (+ no-object class, CE)
     class_mlp_layers: int = 1  # 1: linear classifier
@@ -148,7 +152,8 @@ class LossConfig:
     smooth_l1_beta: float = 0.1  # boxes are in 0..1, so the quadratic zone is 10 % of the image
     iou_aware: bool = False  # sigmoid classifier: matched queries learn their box's IoU as the class target
     vfl_alpha: float = 0.75  # --iou_aware (varifocal loss): weight of the unmatched queries' p^gamma term
-    one_to_many: int = 1  # k > 1: proposals and all decoder layers but the last two match each box k times
+    one_to_many: int = 1  # k > 1: each box is matched k times: in the hybrid_queries branch when the model has
+    # one (the main queries stay one-to-one), else in the proposals and all decoder layers but the last two
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "loss": LossConfig}

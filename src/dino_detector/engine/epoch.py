@@ -73,7 +73,7 @@ def train_one_epoch(tr, loader, epoch: int, deadline: float | None) -> tuple[dic
             sync = j == len(window) - 1 or world == 1
             with nullcontext() if sync else tr.ddp.no_sync():
                 with torch.autocast(device.type, dtype=tr.amp_dtype or torch.float32, enabled=t.amp):
-                    outputs = tr.ddp(images_j)
+                    outputs = tr.ddp(images_j, targets_j)  # targets: for denoising queries
                 outputs = to_float(outputs)
                 losses = tr.criterion(outputs, targets_j, boxes / world, images / world)
                 loss = tr.criterion.total(losses, outputs)

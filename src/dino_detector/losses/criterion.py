@@ -16,10 +16,11 @@ class SetCriterion(nn.Module):
     boxes in the batch; the same on every auxiliary decoder output (suffix ``_i``) and on the two-stage
     proposals (suffix ``_enc``).
 
-    ``one_to_many`` k > 1 (H-DETR's hybrid layers): the two-stage proposals and every decoder layer but the
-    last two match each object to up to k queries, so early in training many more queries get a box to learn
-    at no extra compute; the last two layers stay one-to-one and learn to keep one box per object. Their
-    losses are normalised by k times the number of boxes."""
+    ``one_to_many`` k > 1 matches each object to up to k queries, so many more queries get a box to learn,
+    normalised by k times the number of boxes. With a hybrid branch (the model's ``hybrid_outputs``, H-DETR's
+    hybrid matching; suffix ``_hybrid``) it applies to that branch and to the proposals, and the main queries
+    stay one-to-one in every layer. Without one (H-DETR's hybrid layers, no extra compute) it applies to the
+    proposals and every decoder layer but the last two, which learn to keep one box per object."""
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, softmax: bool = False,
@@ -41,16 +42,19 @@ class SetCriterion(nn.Module):
         class_weight[-1] = no_object_weight
         self.register_buffer("class_weight", class_weight, persistent=False)
 
-    def weight_dict(self, num_aux: int, with_enc: bool = False) -> dict[str, float]:
-        """Weights of every loss key: final layer, ``num_aux`` auxiliary layers, two-stage proposals."""
-        weights = dict(self.base_weights)
-        for suffix in [str(i) for i in range(num_aux)] + (["enc"] if with_enc else []):
-            weights.update({f"{k}_{suffix}": v for k, v in self.base_weights.items()})
-        return weights
+    def weight_dict(self, num_aux: int, with_enc: bool = False, with_hybrid: bool = False,
+                    with_dn: bool = False) -> dict[str, float]:
+        """Weights of every loss key: final layer, ``num_aux`` auxiliary layers, two-stage proposals, and the
+        same layers of the hybrid branch and of the denoising queries."""
+        layers = [""] + [f"_{i}" for i in range(num_aux)]
+        suffixes = (layers + (["_enc"] if with_enc else []) + ([f"{s}_hybrid" for s in layers] if with_hybrid else [])
+                    + ([f"{s}_dn" for s in layers] if with_dn else []))
+        return {f"{k}{suffix}": v for suffix in suffixes for k, v in self.base_weights.items()}
 
     def total(self, losses: dict[str, torch.Tensor], outputs: dict) -> torch.Tensor:
         """The weighted sum of ``losses`` (this criterion's output for ``outputs``): the loss to minimise."""
-        weights = self.weight_dict(len(outputs.get("aux_outputs", [])), "enc_outputs" in outputs)
+        weights = self.weight_dict(len(outputs.get("aux_outputs", [])), "enc_outputs" in outputs,
+                                   "hybrid_outputs" in outputs, "dn_outputs" in outputs)
         return sum(losses[k] * weights[k] for k in losses)
 
     def loss_labels(self, logits: torch.Tensor, targets, indices, num_boxes: float,
@@ -115,8 +119,11 @@ class SetCriterion(nn.Module):
         return {"loss_bbox": reg / num_boxes, "loss_giou": giou / num_boxes}
 
     def single(self, outputs: dict, targets: list[dict], num_boxes: float, num_images: float,
-               repeats: int = 1) -> dict[str, torch.Tensor]:
-        indices = self.matcher(outputs, targets, repeats)
+               repeats: int = 1, indices: list | None = None) -> dict[str, torch.Tensor]:
+        """The losses of one layer; ``indices`` (query, object) pairs per image, else the matcher's with each
+        object offered ``repeats`` times. Normalised by ``repeats`` x ``num_boxes``."""
+        if indices is None:
+            indices = self.matcher(outputs, targets, repeats)
         num_boxes = num_boxes * repeats
         losses = {"loss_ce": self.loss_labels(outputs["pred_logits"], targets, indices, num_boxes, num_images,
                                               outputs["pred_boxes"])}
@@ -134,15 +141,33 @@ class SetCriterion(nn.Module):
         if num_images is None:
             num_images = float(len(targets))
         num_boxes = max(num_boxes, 1.0)
-        losses = self.single(outputs, targets, num_boxes, num_images)
-        aux_outputs = outputs.get("aux_outputs", [])
-        for i, aux in enumerate(aux_outputs):
-            repeats = self.one_to_many if i < len(aux_outputs) - 1 else 1  # the last two layers: one-to-one
-            aux_losses = self.single(aux, targets, num_boxes, num_images, repeats)
-            losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
+        hybrid = outputs.get("hybrid_outputs")
+        # without a hybrid branch, the early layers are one-to-many and the last two one-to-one
+        early = 1 if hybrid is not None else self.one_to_many
+        losses = self.layer_losses(outputs, targets, num_boxes, num_images, early)
+        if hybrid is not None:
+            branch = self.layer_losses(hybrid, targets, num_boxes, num_images, self.one_to_many, self.one_to_many)
+            losses.update({f"{k}_hybrid": v for k, v in branch.items()})
+        dn = outputs.get("dn_outputs")
+        if dn is not None:  # denoising queries: each positive knows its object, no matching
+            branch = self.layer_losses(dn, targets, num_boxes, num_images, dn["groups"], dn["groups"], dn["indices"])
+            losses.update({f"{k}_dn": v for k, v in branch.items()})
         if "enc_outputs" in outputs:  # two-stage proposals learn from the same set loss
             enc = self.single(outputs["enc_outputs"], targets, num_boxes, num_images, self.one_to_many)
             losses.update({f"{k}_enc": v for k, v in enc.items()})
+        return losses
+
+    def layer_losses(self, outputs: dict, targets: list[dict], num_boxes: float, num_images: float,
+                     early: int = 1, late: int = 1, indices: list | None = None) -> dict[str, torch.Tensor]:
+        """Losses of the last layer and of each ``aux_outputs`` layer (suffix ``_i``); every box is matched
+        ``late`` times in the last two layers and ``early`` times in the others (or has ``indices``' queries,
+        ``late`` of them per box)."""
+        losses = self.single(outputs, targets, num_boxes, num_images, late, indices)
+        aux_outputs = outputs.get("aux_outputs", [])
+        for i, aux in enumerate(aux_outputs):
+            repeats = early if i < len(aux_outputs) - 1 else late
+            aux_losses = self.single(aux, targets, num_boxes, num_images, repeats, indices)
+            losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
         return losses
 
 

@@ -17,6 +17,7 @@ from ..config import DataConfig, ModelConfig
 from .heads import HeadSpec, inverse_sigmoid
 from .position import map_coordinates, map_position_embedding
 from .postprocess import postprocess
+from .denoising import DenoisingQueries
 from .two_stage import ProposalSelector
 from .transformer import Decoder, DecoderLayer, Encoder, EncoderLayer, FlatLevels
 
@@ -74,15 +75,29 @@ class DINOv2ObjectDetector(nn.Module):
         self.decoder = Decoder(DecoderLayer(*layer_args, shared_values=cfg.decoder_shared_values),
                                cfg.decoder_layers, d, heads, cfg.box_refine)
         self.proposals = ProposalSelector(d, heads, cfg.num_queries) if cfg.two_stage else None
+        if cfg.hybrid_queries < 0:
+            raise ValueError(f"hybrid_queries must be >= 0, got {cfg.hybrid_queries}")
         self.query_content = nn.Embedding(cfg.num_queries, d)
-        self.query_boxes = None  # two-stage: the proposals are the reference boxes
+        # H-DETR's one-to-many branch: queries that train beside the main ones and are dropped at inference
+        self.hybrid_content = nn.Embedding(cfg.hybrid_queries, d) if cfg.hybrid_queries else None
+        self.denoising = (DenoisingQueries(num_classes, d, cfg.dn_queries, cfg.dn_box_noise, cfg.dn_label_noise)
+                          if cfg.dn_queries else None)
+        self.query_boxes = self.hybrid_boxes = None  # two-stage: the proposals are the reference boxes
         if not cfg.two_stage:
-            self.query_boxes = nn.Embedding(cfg.num_queries, 4)  # logits of the initial reference boxes
-            with torch.no_grad():
-                g = torch.Generator().manual_seed(0)
-                centres = torch.rand(cfg.num_queries, 2, generator=g)
-                sizes = torch.full((cfg.num_queries, 2), INITIAL_BOX_SIZE)
-                self.query_boxes.weight.copy_(inverse_sigmoid(torch.cat([centres, sizes], -1)))
+            self.query_boxes = self._initial_boxes(cfg.num_queries, seed=0)
+            if cfg.hybrid_queries:
+                self.hybrid_boxes = self._initial_boxes(cfg.hybrid_queries, seed=1)
+
+    @staticmethod
+    def _initial_boxes(n: int, seed: int) -> nn.Embedding:
+        """Logits of ``n`` learned initial reference boxes, centres spread uniformly."""
+        boxes = nn.Embedding(n, 4)
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(seed)
+            centres = torch.rand(n, 2, generator=g)
+            sizes = torch.full((n, 2), INITIAL_BOX_SIZE)
+            boxes.weight.copy_(inverse_sigmoid(torch.cat([centres, sizes], -1)))
+        return boxes
 
     @staticmethod
     def _resolve_backbone_layout(cfg: ModelConfig) -> None:
@@ -129,7 +144,53 @@ class DINOv2ObjectDetector(nn.Module):
                 raise ValueError("each image must be a [3, H, W] float tensor")
         return images
 
-    def forward(self, images) -> dict:
+    def forward(self, images, targets: list[dict] | None = None) -> dict:
+        """``targets`` (training, with ``dn_queries``): per image ``labels`` [n] and ``boxes`` [n, 4] (cx, cy,
+        w, h relative to the image), from which the denoising queries are built."""
+        memory, pos, ref_points, levels, first = self._encode(images)
+        b = memory.shape[0]
+        hybrid = self.hybrid_content.num_embeddings if self.training and self.hybrid_content is not None else 0
+        enc_outputs = None
+        if self.proposals is not None:
+            # proposals come from the encoded tokens (the upsampled level, when not encoded, proposes nothing)
+            ref_logits, enc_outputs = self.proposals(memory[:, first:], ref_points[:, first:],
+                                                     levels.shapes[1:] if first else levels.shapes,
+                                                     levels.padding_mask[:, first:], hybrid)
+        else:
+            ref_logits = self.query_boxes.weight
+            if hybrid:
+                ref_logits = torch.cat([ref_logits, self.hybrid_boxes.weight])
+            ref_logits = ref_logits[None].expand(b, -1, -1)
+        # the best proposals go to the main queries, the rest (training only) to the hybrid branch
+        main, end = min(self.config.num_queries, ref_logits.shape[1]), ref_logits.shape[1]
+        tgt = self.query_content.weight[:main]
+        if hybrid:
+            tgt = torch.cat([tgt, self.hybrid_content.weight[: end - main]])
+        tgt = tgt[None].expand(b, -1, -1)
+        branch = (torch.arange(end, device=tgt.device) >= main).long()  # 0 main, 1 hybrid, 2 + g denoising
+        dn = self.denoising(targets) if self.training and self.denoising is not None and targets else None
+        if dn is not None:
+            tgt, ref_logits = torch.cat([tgt, dn.content], 1), torch.cat([ref_logits, dn.ref_logits], 1)
+            branch = torch.cat([branch, dn.branch + 2])
+        mask = branch[:, None] != branch[None, :] if hybrid or dn is not None else None  # branches stay apart
+        logits, boxes = self.decoder(tgt, ref_logits, memory, pos, levels, mask)
+
+        out = self._layer_outputs(logits[:, :, :main], boxes[:, :, :main])
+        if enc_outputs is not None:
+            out["enc_outputs"] = enc_outputs
+        if hybrid:
+            out["hybrid_outputs"] = self._layer_outputs(logits[:, :, main:end], boxes[:, :, main:end])
+        if dn is not None:
+            out["dn_outputs"] = {**self._layer_outputs(logits[:, :, end:], boxes[:, :, end:]),
+                                 "indices": dn.indices(), "groups": dn.groups}
+        elif self.training and self.denoising is not None:  # no objects: the label embedding still gets a
+            out["pred_logits"] = out["pred_logits"] + 0.0 * self.denoising.label_embed.weight.sum()  # grad (DDP)
+        return out
+
+    def _encode(self, images) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, FlatLevels, int]:
+        """Backbone, pyramid and encoder: memory [B, S, d], its position embedding [B, S, d], the token
+        centres [B, S, 2], the levels' layout, and the index of the first encoded token (the tokens of the
+        upsampled level before it are read by attention but not encoded)."""
         feats = self.backbone(self._as_batch(images))
         p = self.backbone.patch_size
         sizes = feats.image_sizes
@@ -142,28 +203,18 @@ class DINOv2ObjectDetector(nn.Module):
             pos.append(map_position_embedding(shape, lvl.valid_ratios, self.config.hidden_dim) + self.level_embed[i])
             ref_points.append(map_coordinates(shape, lvl.valid_ratios))
         src, pos, ref_points = torch.cat(src, 1), torch.cat(pos, 1), torch.cat(ref_points, 1)
-        b = src.shape[0]
         attn_levels = FlatLevels([tuple(lvl.tensor.shape[-2:]) for lvl in levels],
-                             torch.stack([lvl.valid_ratios for lvl in levels], 1),
-                             torch.cat([lvl.mask.flatten(1) for lvl in levels], 1))
+                                 torch.stack([lvl.valid_ratios for lvl in levels], 1),
+                                 torch.cat([lvl.mask.flatten(1) for lvl in levels], 1))
         first = 0  # tokens before this index are not updated by the encoder (levels are finest first)
         if self.pyramid.scales[0] > 1 and not self.config.encode_upsampled_level:
             first = levels[0].tensor.shape[-2] * levels[0].tensor.shape[-1]
-        memory = self.encoder(src, pos, ref_points, attn_levels, first)
-        tgt = self.query_content.weight[None].expand(b, -1, -1)
-        enc_outputs = None
-        if self.proposals is not None:
-            # proposals come from the encoded tokens (the upsampled level, when not encoded, proposes nothing)
-            ref_logits, enc_outputs = self.proposals(memory[:, first:], ref_points[:, first:],
-                                                     attn_levels.shapes[1:] if first else attn_levels.shapes,
-                                                     attn_levels.padding_mask[:, first:])
-            tgt = tgt[:, : ref_logits.shape[1]]
-        else:
-            ref_logits = self.query_boxes.weight[None].expand(b, -1, -1)
-        logits, boxes = self.decoder(tgt, ref_logits, memory, pos, attn_levels)
+        return self.encoder(src, pos, ref_points, attn_levels, first), pos, ref_points, attn_levels, first
+
+    def _layer_outputs(self, logits: torch.Tensor, boxes: torch.Tensor) -> dict:
+        """logits [L, B, Q, C], boxes [L, B, Q, 4] of the decoder layers -> the last layer's outputs plus
+        ``aux_outputs`` (the earlier layers') when the auxiliary losses are on."""
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
-        if enc_outputs is not None:
-            out["enc_outputs"] = enc_outputs
         if self.config.aux_loss:
             out["aux_outputs"] = [{"pred_logits": lg, "pred_boxes": bx}
                                   for lg, bx in zip(logits[:-1], boxes[:-1])]

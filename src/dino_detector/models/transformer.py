@@ -73,9 +73,12 @@ class DecoderLayer(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, ffn, dropout)
 
-    def forward(self, tgt, query_pos, ref_boxes, memory, memory_pos, levels: FlatLevels):
+    def forward(self, tgt, query_pos, ref_boxes, memory, memory_pos, levels: FlatLevels,
+                self_attn_mask: torch.Tensor | None = None):
+        """``self_attn_mask`` [Q, Q]: True where query i must not attend to query j (separate branches)."""
         q = tgt + query_pos
-        tgt = self.norm1(tgt + self.drop1(self.self_attn(q, q, tgt, need_weights=False)[0]))
+        tgt = self.norm1(tgt + self.drop1(self.self_attn(q, q, tgt, attn_mask=self_attn_mask,
+                                                         need_weights=False)[0]))
         q = tgt + query_pos
         if self.deformable:
             out = self.cross_attn(q, ref_boxes, memory, levels.shapes, levels.valid_ratios, levels.padding_mask)
@@ -120,15 +123,17 @@ class Decoder(nn.Module):
             nn.init.xavier_uniform_(self.value_proj.weight)
             nn.init.zeros_(self.value_proj.bias)
 
-    def forward(self, tgt, ref_logits, memory, memory_pos, levels: FlatLevels):
-        """tgt [B, Q, C] query content; ref_logits [B, Q, 4] initial boxes before the sigmoid."""
+    def forward(self, tgt, ref_logits, memory, memory_pos, levels: FlatLevels,
+                self_attn_mask: torch.Tensor | None = None):
+        """tgt [B, Q, C] query content; ref_logits [B, Q, 4] initial boxes before the sigmoid;
+        self_attn_mask [Q, Q] bool, True where a query must not see another (queries of separate branches)."""
         ref = ref_logits.sigmoid()
         if self.value_proj is not None:
             memory = project_values(self.value_proj, memory, levels.padding_mask)
         all_logits, all_boxes = [], []
         for i, layer in enumerate(self.layers):
             query_pos = self.query_pos_head(sine_embed(ref, self.dim // 2))
-            tgt = layer(tgt, query_pos, ref, memory, memory_pos, levels)
+            tgt = layer(tgt, query_pos, ref, memory, memory_pos, levels, self_attn_mask)
             box_head_i = self.bbox_heads[i if self.box_refine else 0]
             boxes = (box_head_i(tgt) + inverse_sigmoid(ref)).sigmoid()
             all_logits.append(self.class_heads[i](tgt))

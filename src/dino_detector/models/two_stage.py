@@ -27,9 +27,11 @@ class ProposalSelector(nn.Module):
         self.num_queries = num_queries
 
     def forward(self, memory: torch.Tensor, centres: torch.Tensor, shapes: list[tuple[int, int]],
-                padding_mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+                padding_mask: torch.Tensor, extra: int = 0) -> tuple[torch.Tensor, dict]:
         """memory [B, S, d]; centres [B, S, 2] image-normalised; shapes [(H, W)] per level, finest first;
-        padding_mask [B, S]. Returns initial reference-box logits [B, Q, 4] (detached) and enc_outputs."""
+        padding_mask [B, S]; ``extra``: proposals selected beyond ``num_queries`` (the hybrid branch's, ranked
+        after the main ones). Returns initial reference-box logits [B, Q + extra, 4] (detached, best first)
+        and enc_outputs."""
         level_index = torch.cat([torch.full((h * w,), i, device=memory.device) for i, (h, w) in enumerate(shapes)])
         size = BASE_PROPOSAL_SIZE * (2.0 ** level_index.to(memory.dtype))
         proposals = torch.cat([centres, size[None, :, None].expand(centres.shape[0], -1, 2)], -1)
@@ -38,7 +40,7 @@ class ProposalSelector(nn.Module):
         logits = self.class_head(feats)
         box_logits = self.box_head(feats) + inverse_sigmoid(proposals)
         scores = class_probabilities(logits, self.softmax).max(-1).values.masked_fill(invalid, float("-inf"))
-        k = min(self.num_queries, scores.shape[1])
+        k = min(self.num_queries + extra, scores.shape[1])
         top = scores.topk(k, dim=1).indices
 
         def pick(t: torch.Tensor) -> torch.Tensor:
