@@ -20,7 +20,11 @@ class SetCriterion(nn.Module):
     normalised by k times the number of boxes. With a hybrid branch (the model's ``hybrid_outputs``, H-DETR's
     hybrid matching; suffix ``_hybrid``) it applies to that branch and to the proposals, and the main queries
     stay one-to-one in every layer. Without one (H-DETR's hybrid layers, no extra compute) it applies to the
-    proposals and every decoder layer but the last two, which learn to keep one box per object."""
+    proposals and every decoder layer but the last two, which learn to keep one box per object.
+
+    Denoising queries (the model's ``dn_outputs``, suffix ``_dn``) need no matching: each positive query
+    learns the object it was noised from (``indices``), the rest learn "no object"; normalised by the number
+    of groups times the number of boxes."""
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, softmax: bool = False,
