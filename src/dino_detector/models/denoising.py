@@ -71,7 +71,7 @@ class DenoisingQueries(nn.Module):
         labels = labels[:, None, None].expand(shape).reshape(b, -1)
         boxes = boxes[:, None, None].expand(*shape, 4).reshape(b, -1, 4)
         valid = valid[:, None, None].expand(shape).reshape(b, -1)
-        negative = (torch.arange(2, device=device)[:, None] == 1).expand(2, most).repeat(groups, 1).flatten()
+        negative = (torch.arange(per_group, device=device) >= most).repeat(groups)  # [P]: each group's 2nd half
 
         flip = torch.rand(labels.shape, device=device) < self.label_noise / 2
         labels = torch.where(flip, torch.randint_like(labels, self.num_classes), labels)
