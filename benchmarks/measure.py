@@ -12,6 +12,9 @@ implements the interface of ``benchmarks/peers/__init__.py``. Tasks:
   (``torch.utils.flop_counter``, counted in a separate untimed call) and the achieved GFLOP/s.
 - ``latency``: ``inference(variant, side)``; 3 warm-up calls, then median and p90 of ``--repeats`` (20)
   calls; FLOPs of one forward and the achieved GFLOP/s.
+- ``latency_pair``: two detectors (``--peer`` / ``--variant`` and ``--pair_peer`` / ``--pair_variant``),
+  each eager and through its optimised path (``inference(..., compile=True)``), in one process with the
+  calls of all four interleaved (drift cancels); medians, p90s and the ratios first / second per mode.
 - ``accuracy``: ``train_for_budget(variant, BccdData(), minutes, out_dir, seed)``; its detections (top 100
   per image by score) scored against BCCD val by ``dino_detector.engine.evaluator.score_results``.
 - ``flops``: FLOPs of one training step and of one forward, no timing.
@@ -178,6 +181,42 @@ def task_latency(peer, a) -> dict:
     return out
 
 
+def task_latency_pair(peer, a) -> dict:
+    """Two detectors' batch-1 latency in one process, eager and each through its own optimised inference path
+    (the peer's ``inference(..., compile=True)``), the calls of all four interleaved so that machine drift
+    hits them alike: in every repeat each callable runs once, the order rotated from repeat to repeat."""
+    other = load_peer(a.pair_peer)
+    callables = {}
+    for module, name, variant in ((peer, a.peer, a.variant), (other, a.pair_peer, a.pair_variant)):
+        if "compile" not in inspect.signature(module.inference).parameters:
+            raise SystemExit(f"{name}.inference takes no compile argument: no optimised path to measure")
+        for mode, flag in (("eager", False), ("optimised", True)):
+            fn, own = call_peer(module.inference, variant, a.side, device=a.device, dtype=a.dtype, compile=flag)
+            callables[(variant, mode)] = (fn, own)
+    first, times = {}, {key: [] for key in callables}
+    for key, (fn, own) in callables.items():
+        with precision_context(a.device, a.dtype, own):
+            first[key] = timed(fn, a.device)  # compilation / tracing happens here
+            for _ in range(2):
+                timed(fn, a.device)
+    keys = list(callables)
+    for i in range(a.repeats):
+        for key in keys[i % len(keys):] + keys[:i % len(keys)]:
+            fn, own = callables[key]
+            with precision_context(a.device, a.dtype, own):
+                times[key].append(timed(fn, a.device))
+    rows = []
+    for (variant, mode), values in times.items():
+        ms = sorted(t * 1e3 for t in values)
+        rows.append({"variant": variant, "mode": mode, "first_call_s": first[(variant, mode)],
+                     "median_ms": statistics.median(ms), "p90_ms": ms[min(len(ms) - 1, round(0.9 * (len(ms) - 1)))],
+                     "call_ms": ms})
+    med = {(r["variant"], r["mode"]): r["median_ms"] for r in rows}
+    return {"pair_peer": a.pair_peer, "pair_variant": a.pair_variant, "rows": rows,
+            **{f"ratio_{mode}": med[(a.variant, mode)] / med[(a.pair_variant, mode)]
+               for mode in ("eager", "optimised")}, **memory(a.device)}
+
+
 def task_flops(peer, a) -> dict:
     fn, own = call_peer(peer.train_step, a.variant, a.side, a.batch, device=a.device, dtype=a.dtype)
     with precision_context(a.device, a.dtype, own):
@@ -255,7 +294,8 @@ def task_maxbatch(peer, a) -> dict:
     return {"max_batch": largest, "tried": tried, "capped": largest >= a.max_batch}
 
 
-TASKS = {"train_speed": task_train_speed, "latency": task_latency, "accuracy": task_accuracy,
+TASKS = {"train_speed": task_train_speed, "latency": task_latency, "latency_pair": task_latency_pair,
+         "accuracy": task_accuracy,
          "flops": task_flops, "peak": task_peak, "maxbatch": task_maxbatch}
 
 
@@ -275,6 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="train_speed: timed steps ...")
     parser.add_argument("--seconds", type=float, default=60.0, help="... or until this many seconds passed")
     parser.add_argument("--repeats", type=int, default=20, help="latency: timed calls")
+    parser.add_argument("--pair_peer", help="latency_pair: the second detector's module ...")
+    parser.add_argument("--pair_variant", help="... and variant")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--run_dir", help="accuracy: the peer's output folder (default: next to --out)")
     parser.add_argument("--matmul_n", type=int, default=0, help="peak: matrix side (0: 2048 CPU, 8192 CUDA)")
@@ -282,6 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     a = parser.parse_args(argv)
     if a.task != "peak" and not (a.peer and a.variant):
         parser.error(f"--task {a.task} needs --peer and --variant")
+    if a.task == "latency_pair" and not (a.pair_peer and a.pair_variant):
+        parser.error("--task latency_pair needs --pair_peer and --pair_variant")
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but CUDA is not available")
     torch.manual_seed(a.seed)
@@ -290,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     values = TASKS[a.task](peer, a)
     record = {"task": a.task, "peer": a.peer, "variant": a.variant, "side": a.side,
-              "batch": 1 if a.task == "latency" else a.batch, "device": a.device,
+              "batch": 1 if a.task.startswith("latency") else a.batch, "device": a.device,
               "dtype": None if a.task in ("accuracy", "peak") else a.dtype,
               "minutes": a.minutes if a.task == "accuracy" else None, "rss_baseline_mib": baseline,
               **values, "measure_wall_s": time.perf_counter() - start, "machine": machine(), "argv": sys.argv[1:]}

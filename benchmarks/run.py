@@ -9,8 +9,10 @@ Order of the measurements (each one a ``benchmarks.measure`` subprocess, never t
 2. speed rounds: in round r every model's training throughput, then every model's inference latency, the
    model order reversed in every other round so that slow machine drift cancels between models; the matmul
    peak again after every round. The reported value per model is the median over rounds (raw values kept);
-3. GPU suite only: the largest training batch before CUDA runs out of memory;
-4. the fixed-budget accuracy runs, one after another (not for variants flagged ``speed_only``).
+3. the paired latency of ``Suite.pair`` (lightweight and rfdetr-small): both in one process, eager and each
+   through its optimised inference path, the calls interleaved, so that drift cancels within the pair;
+4. GPU suite only: the largest training batch before CUDA runs out of memory;
+5. the fixed-budget accuracy runs, one after another (not for variants flagged ``speed_only``).
 
 The models are every variant in the ``VARIANTS`` of ``benchmarks.peers.ours`` and of each peer module
 (``MODULES``), read at start, except those flagged ``opt_in``; ``--models`` names the ones to measure.
@@ -76,6 +78,8 @@ class Suite:
     train_steps: int = 3  # timed training steps ...
     train_seconds: float = 60.0  # ... or fewer once this many seconds have passed
     repeats: int = 20  # timed inference calls
+    # (ours, peer): their latency measured once more in one process, eager and optimised, calls interleaved
+    pair: tuple[str, str] | None = ("lightweight", REFERENCE)
 
 
 SUITES = {
@@ -151,10 +155,17 @@ def plan(suite: Suite, entries: list[Entry], modules: dict[str, str], only: str 
         jobs.append(job("peak", None, r=0))
         for r in range(suite.rounds):
             order = entries if r % 2 == 0 else entries[::-1]
-            timing = ["--flops", "--steps", str(suite.train_steps), "--seconds", str(suite.train_seconds)]
+            # the FLOPs of a step do not change between rounds: counted in the first (one untimed step)
+            timing = ["--flops"] * (r == 0) + ["--steps", str(suite.train_steps), "--seconds", str(suite.train_seconds)]
             jobs += [job("train_speed", e, d, r, timing) for e in order for d in dtypes(e)]
             jobs += [job("latency", e, d, r, ["--repeats", str(suite.repeats)]) for e in order for d in dtypes(e)]
             jobs.append(job("peak", None, r=r + 1))
+        named = {e.model: e for e in entries}
+        if suite.pair and all(m in named for m in suite.pair):
+            first, second = (named[m] for m in suite.pair)
+            jobs.append(job("latency_pair", first, suite.ours_dtypes[0] if first.ours else suite.peer_dtypes[0],
+                            extra=["--pair_peer", modules.get(second.module, second.module),
+                                   "--pair_variant", second.variant, "--repeats", str(suite.repeats)]))
         if suite.maxbatch:
             jobs += [job("maxbatch", e, d) for e in entries for d in dtypes(e)]
     if only in (None, "accuracy"):

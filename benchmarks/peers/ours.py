@@ -114,14 +114,15 @@ def train_step(variant: str, side: int, batch: int, device: str = "cpu", dtype: 
     return step
 
 
-def inference(variant: str, side: int, device: str = "cpu", dtype: str = "fp32") -> Callable[[], None]:
-    """Batch-1 forward and post-processing to the top-100 boxes, as ``predict`` runs it (LoRA merged)."""
-    from dino_detector.backbones.adapters import merge_lora_
+def inference(variant: str, side: int, device: str = "cpu", dtype: str = "fp32",
+              compile: bool = False) -> Callable[[], None]:
+    """Batch-1 forward and post-processing to the top-100 boxes, as ``predict`` runs it (LoRA merged;
+    ``compile``: as ``predict --compile``, torch.compile with frozen weights)."""
+    from dino_detector.engine.inference import prepare_model
     from dino_detector.models.postprocess import postprocess
 
     model, _ = _model(variant, device)
-    merge_lora_(model)
-    model.eval()
+    model = prepare_model(model, torch.device(device), compile)
     image = torch.rand(1, 3, side, side, device=device)
     sizes = [(side, side)]
     autocast = torch.autocast(device, torch.bfloat16, enabled=dtype == "bf16")

@@ -93,7 +93,9 @@ def train_step(variant: str, side: int, batch: int) -> Callable[[], None]:
     return step
 
 
-def inference(variant: str, side: int) -> Callable[[], None]:
+def inference(variant: str, side: int, compile: bool = False) -> Callable[[], None]:
+    """Batch-1 forward + rfdetr's post-processing; ``compile``: the path of rfdetr's own
+    ``RFDETR.inference()`` at its defaults (``export()``, then a TorchScript trace of the exported model)."""
     from rfdetr.models.lwdetr import build_criterion_from_config, build_model_from_config
 
     _threads()
@@ -102,11 +104,21 @@ def inference(variant: str, side: int) -> Callable[[], None]:
     _, postprocess = build_criterion_from_config(mc, tc)
     image = torch.randn(1, 3, side, side)
     sizes = torch.tensor([[side, side]])
+    if compile:
+        model.export()
+        traced = torch.jit.trace(model, image)
+
+        def forward(x):  # the exported graph returns (boxes, logits), as RFDETR.predict unpacks it
+            boxes, logits = traced(x)[:2]
+            return {"pred_logits": logits, "pred_boxes": boxes}
+    else:
+        forward = model
 
     def run() -> None:
         with torch.inference_mode():
-            run.out = postprocess(model(image), target_sizes=sizes)
+            run.out = postprocess(forward(image), target_sizes=sizes)
 
+    run.model = model
     return run
 
 
