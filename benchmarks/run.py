@@ -180,7 +180,8 @@ def summary(record: dict) -> str:
         return f"ERROR {record['error']}: {record.get('stderr_tail', '').strip().splitlines()[-1:]}"
     task = record["task"]
     if task == "train_speed":
-        return f"{record['images_per_s']:.2f} img/s, {record.get('achieved_gflops', float('nan')):.0f} GFLOP/s"
+        flops = f", {record['achieved_gflops']:.0f} GFLOP/s" if "achieved_gflops" in record else ""
+        return f"{record['images_per_s']:.2f} img/s{flops}"
     if task == "latency":
         return f"{record['median_ms']:.1f} ms (p90 {record['p90_ms']:.1f})"
     if task == "peak":
@@ -189,6 +190,9 @@ def summary(record: dict) -> str:
         return f"AP {record['AP']:.3f} after {record['steps']} steps"
     if task == "maxbatch":
         return f"max batch {record['max_batch']}"
+    if task == "latency_pair":
+        return f"{record['variant']} / {record['pair_variant']}: eager {record['ratio_eager']:.2f}, " \
+               f"optimised {record['ratio_optimised']:.2f}"
     return "done"
 
 

@@ -51,8 +51,11 @@ def test_sigkill_in_epoch_3_then_resume_matches_an_uninterrupted_run(tiny_coco, 
                             stderr=subprocess.DEVNULL)
     t1 = wait_for(killed / "dino_detector_epoch_1.pth", proc)
     t2 = wait_for(killed / "dino_detector_epoch_2.pth", proc)
-    # epoch 3 starts after epoch 2's evaluation; kill once it is well under way
-    time.sleep(0.6 * (t2 - t1) + 1.0)
+    # epoch 3 starts when epoch 2's evaluation has written its metrics; kill it after about half as long as
+    # epoch 2 trained (timing from that event, not from the checkpoint, so a slow evaluation or a machine
+    # that speeds up between epochs cannot push the kill past the end of epoch 3)
+    wait_for(killed / "val_metrics_epoch_2.json", proc)
+    time.sleep(0.5 * (t2 - t1))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "dino_detector_epoch_3.pth").exists(), "the kill came too late to be mid-epoch 3"

@@ -9,11 +9,16 @@ Every module in this package (``ours``, ``rfdetr_peer``, ``hf_rfdetr_peer``, ``y
         # side x side with a few boxes per image.
     def inference(variant, side) -> Callable[[], None]
         # eval-mode model; the callable runs one batch-1 side x side forward under torch.inference_mode,
-        # post-processing to boxes included.
+        # post-processing to boxes included. Optional keyword `compile=True`: the package's own optimised
+        # inference path (ours: `predict --compile`; rfdetr: what `RFDETR.inference()` does by default),
+        # measured beside the eager one by the `latency_pair` task.
     def train_for_budget(variant, data: BccdData, minutes, out_dir, seed) -> BudgetRun
         # the peer's own training loop and defaults (batch 4, 512 px unless the variant says otherwise),
         # stopped after `minutes` of wall-clock training; returns top-100 detections per BCCD val image in
         # COCO results format (original pixels, BCCD category ids 1..3) and the AP-vs-time curve it logged.
+
+``train_step`` and ``inference`` may also take ``device`` ("cpu" / "cuda") and ``dtype`` ("fp32" / "bf16");
+``benchmarks.measure`` passes them where the signature has them (the GPU suite needs ``device``).
 
 Each measurement runs in its own subprocess (``benchmarks.measure``) so that peak RSS, thread settings and
 imports of one detector never leak into another.

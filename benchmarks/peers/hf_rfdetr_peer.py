@@ -59,15 +59,16 @@ def _optimizer(model, v: dict):
     return torch.optim.AdamW(model.parameters(), lr=v["lr"], weight_decay=v["weight_decay"])
 
 
-def train_step(variant: str, side: int, batch: int) -> Callable[[], None]:
+def train_step(variant: str, side: int, batch: int, device: str = "cpu") -> Callable[[], None]:
     v, side = VARIANTS[variant], _side(side)
-    model = _model().train()
+    model = _model().to(device).train()
     optimizer = _optimizer(model, v)
     g = torch.Generator().manual_seed(0)
     pixels = torch.randn(batch, 3, side, side, generator=g)
     labels = [{"class_labels": torch.randint(0, NUM_CLASSES, (3,), generator=g),
                "boxes": torch.cat([torch.rand(3, 2, generator=g) * 0.6 + 0.2,
                                    torch.rand(3, 2, generator=g) * 0.2 + 0.05], 1)} for _ in range(batch)]
+    pixels, labels = pixels.to(device), [{k: x.to(device) for k, x in t.items()} for t in labels]
 
     def step() -> None:
         loss = model(pixel_values=pixels, labels=labels).loss
@@ -80,13 +81,13 @@ def train_step(variant: str, side: int, batch: int) -> Callable[[], None]:
     return step
 
 
-def inference(variant: str, side: int) -> Callable[[], None]:
+def inference(variant: str, side: int, device: str = "cpu") -> Callable[[], None]:
     from transformers import RfDetrImageProcessor
 
     side = _side(side)
-    model = _model().eval()
+    model = _model().to(device).eval()
     processor = RfDetrImageProcessor()
-    pixels = torch.randn(1, 3, side, side)
+    pixels = torch.randn(1, 3, side, side, device=device)
 
     def run() -> None:
         with torch.inference_mode():

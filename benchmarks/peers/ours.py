@@ -9,8 +9,9 @@ Variants (every one from random initialisation, nothing pretrained):
 - ``standard``: the default preset on the DINOv2-S architecture (speed only).
 - ``tiny``: the CPU recipe on the ``tiny`` DINOv2 architecture (6 blocks x 192): the standard preset with a
   4-level pyramid from 3 ViT blocks, one deformable encoder layer and two-stage proposals (speed only).
-- ``flexible``: our best CPU recipe: the same detector on our flexible encoder (``flexible-tiny``: a
-  convolutional stem and 6 blocks x 192) with a 128-wide head and denoising queries in training.
+- ``flexible``: our best CPU recipe, the ``two-stage`` preset: the same detector on our flexible encoder
+  (``flexible-tiny``: a convolutional stem and 6 blocks x 192) with a 128-wide head and denoising queries in
+  training, at the CPU recipe's batch 8, 384 px and lr 5e-4, with 50 queries.
 
 ``train_step`` and ``inference`` build the model the trainer builds (``DINOv2ObjectDetector`` from the
 variant's config) with its criterion and AdamW groups; ``train_for_budget`` runs ``dino_detector.train``
@@ -55,14 +56,13 @@ VARIANTS: dict[str, dict] = {
     # place as the best CPU recipe (remove the flag for its accuracy run: about 13 more minutes)
     "tiny": {"preset": "standard", "dinov2_arch": True, "speed_only": True,
              "overrides": {**_CPU_RECIPE, "dino_model": "tiny"}, "eval_every": 8},
-    # the CPU recipe on our flexible encoder (convolutional stem + 6 ViT blocks x 192, random weights) with
-    # a 128-wide head (feed-forward 512) and 50 queries (BCCD has at most 28 boxes per image): 122 GFLOP per
+    # the `two-stage` preset: the CPU recipe on our flexible encoder (convolutional stem + 6 ViT blocks x 192,
+    # random weights) with a 128-wide head (feed-forward 512) and 50 queries (BCCD has at most 28 boxes per image): 122 GFLOP per
     # training step against 189 with the 256-wide head, 276 steps and AP 0.305 in 12 minutes against 180 and
     # 0.264; and up to 100 denoising queries in training: AP 0.345 after 248 steps against 0.314 after 255
     # (BENCHMARKS.md, issue 9)
-    "flexible": {"preset": "standard",
-                 "overrides": {**_CPU_RECIPE, "dino_model": "flexible-tiny", "hidden_dim": 128,
-                               "dim_feedforward": 512, "num_queries": 50, "dn_queries": 100},
+    "flexible": {"preset": "two-stage",
+                 "overrides": {"batch_size": 8, "image_size": 384, "lr": 5e-4, "num_queries": 50},
                  "eval_every": 8},
 }
 

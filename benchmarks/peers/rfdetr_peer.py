@@ -44,42 +44,43 @@ def _threads() -> None:
     torch.manual_seed(0)  # the same random init every time
 
 
-def _configs(variant: str, side: int):
+def _configs(variant: str, side: int, device: str = "cpu"):
     """rfdetr's ModelConfig / TrainConfig with its defaults, random init, 3 classes, ``side`` px."""
     import rfdetr.config as rc
 
     mc = getattr(rc, VARIANTS[variant]["config"])(
-        pretrain_weights=None, num_classes=NUM_CLASSES, device="cpu", resolution=side,
+        pretrain_weights=None, num_classes=NUM_CLASSES, device=device, resolution=side,
         positional_encoding_size=side // 16)  # Small derives PE = resolution // patch_size (32 at 512)
     tc = rc.TrainConfig(dataset_dir=".", output_dir=".")
     return mc, tc
 
 
-def _synthetic(batch: int, side: int, boxes: int = 3):
+def _synthetic(batch: int, side: int, device: str = "cpu", boxes: int = 3):
     g = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, side, side, generator=g)  # stands in for ImageNet-normalised pixels
     targets = [{"labels": torch.randint(0, NUM_CLASSES, (boxes,), generator=g),
                 "boxes": torch.cat([torch.rand(boxes, 2, generator=g) * 0.6 + 0.2,
                                     torch.rand(boxes, 2, generator=g) * 0.2 + 0.05], 1)}  # cxcywh, normalised
                for _ in range(batch)]
-    return images, targets
+    return images.to(device), [{k: v.to(device) for k, v in t.items()} for t in targets]
 
 
-def train_step(variant: str, side: int, batch: int) -> Callable[[], None]:
+def train_step(variant: str, side: int, batch: int, device: str = "cpu") -> Callable[[], None]:
     from rfdetr._namespace import _namespace_from_configs
     from rfdetr.models.lwdetr import build_criterion_from_config, build_model_from_config
     from rfdetr.training.param_groups import get_param_dict
 
     _threads()
-    mc, tc = _configs(variant, side)
-    model = build_model_from_config(mc, tc)  # what RFDETRModelModule builds
+    mc, tc = _configs(variant, side, device)
+    model = build_model_from_config(mc, tc).to(device)  # what RFDETRModelModule builds
     criterion, _ = build_criterion_from_config(mc, tc)
+    criterion.to(device)
     weights = criterion.weight_dict
     # RFDETRModelModule.configure_optimizers: layer-decayed groups, lr / lr_encoder, weight decay (not fused on CPU)
     optimizer = torch.optim.AdamW(get_param_dict(_namespace_from_configs(mc, tc), model), lr=tc.lr,
                                   weight_decay=tc.weight_decay)
     model.train()
-    images, targets = _synthetic(batch, side)
+    images, targets = _synthetic(batch, side, device)
 
     def step() -> None:
         losses = criterion(model(images, targets), targets)
@@ -93,17 +94,17 @@ def train_step(variant: str, side: int, batch: int) -> Callable[[], None]:
     return step
 
 
-def inference(variant: str, side: int, compile: bool = False) -> Callable[[], None]:
+def inference(variant: str, side: int, device: str = "cpu", compile: bool = False) -> Callable[[], None]:
     """Batch-1 forward + rfdetr's post-processing; ``compile``: the path of rfdetr's own
     ``RFDETR.inference()`` at its defaults (``export()``, then a TorchScript trace of the exported model)."""
     from rfdetr.models.lwdetr import build_criterion_from_config, build_model_from_config
 
     _threads()
-    mc, tc = _configs(variant, side)
-    model = build_model_from_config(mc, tc).eval()
+    mc, tc = _configs(variant, side, device)
+    model = build_model_from_config(mc, tc).to(device).eval()
     _, postprocess = build_criterion_from_config(mc, tc)
-    image = torch.randn(1, 3, side, side)
-    sizes = torch.tensor([[side, side]])
+    image = torch.randn(1, 3, side, side, device=device)
+    sizes = torch.tensor([[side, side]], device=device)
     if compile:
         model.export()
         traced = torch.jit.trace(model, image)

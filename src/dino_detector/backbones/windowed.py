@@ -8,7 +8,7 @@ block on attention; the per-token projections and MLP are unchanged. The weights
 pretrained DINOv2 can run windowed too (its features then differ slightly from full attention, which
 stays the default for pretrained weights; see ``ModelConfig.backbone_attention``).
 
-Runs the transformers blocks one by one (``encoder.layer[i](hidden, None)``), so LoRA adapters injected by
+Runs the transformers blocks one by one (``encoder.layer[i](hidden)``), so LoRA adapters injected by
 peft and frozen / trainable settings apply unchanged.
 """
 from __future__ import annotations
@@ -88,7 +88,8 @@ class WindowedRunner(nn.Module):
                 convert = to_windows if want_windows else from_windows
                 hidden = convert(hidden, prefix, grid, self.windows)
                 windowed = want_windows
-            hidden = block(hidden, None)
+            hidden = block(hidden)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden  # transformers < 5 returns a tuple
             if i + 1 in wanted:
                 kept[i + 1] = from_windows(hidden, prefix, grid, self.windows) if windowed else hidden
         return [kept[k] for k in wanted]
