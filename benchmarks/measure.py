@@ -164,6 +164,13 @@ def task_train_speed(peer, a) -> dict:
     return out
 
 
+def call_stats(seconds: list[float]) -> dict:
+    """Sorted call times in ms with their median and p90 (the latency tasks' summary)."""
+    ms = sorted(t * 1e3 for t in seconds)
+    return {"call_ms": ms, "median_ms": statistics.median(ms),
+            "p90_ms": ms[min(len(ms) - 1, round(0.9 * (len(ms) - 1)))]}
+
+
 def task_latency(peer, a) -> dict:
     build = time.perf_counter()
     fn, own = call_peer(peer.inference, a.variant, a.side, device=a.device, dtype=a.dtype)
@@ -174,10 +181,8 @@ def task_latency(peer, a) -> dict:
         for _ in range(2):  # three warm-up calls with the first
             timed(fn, a.device)
         times = [timed(fn, a.device) for _ in range(a.repeats)]
-    ms = sorted(t * 1e3 for t in times)
-    median = statistics.median(ms)
-    out.update(call_ms=ms, median_ms=median, p90_ms=ms[min(len(ms) - 1, round(0.9 * (len(ms) - 1)))],
-               achieved_gflops=out["gflop_forward"] / median * 1e3, **memory(a.device))
+    out.update(call_stats(times), **memory(a.device))
+    out["achieved_gflops"] = out["gflop_forward"] / out["median_ms"] * 1e3
     return out
 
 
@@ -205,12 +210,8 @@ def task_latency_pair(peer, a) -> dict:
             fn, own = callables[key]
             with precision_context(a.device, a.dtype, own):
                 times[key].append(timed(fn, a.device))
-    rows = []
-    for (variant, mode), values in times.items():
-        ms = sorted(t * 1e3 for t in values)
-        rows.append({"variant": variant, "mode": mode, "first_call_s": first[(variant, mode)],
-                     "median_ms": statistics.median(ms), "p90_ms": ms[min(len(ms) - 1, round(0.9 * (len(ms) - 1)))],
-                     "call_ms": ms})
+    rows = [{"variant": variant, "mode": mode, "first_call_s": first[(variant, mode)], **call_stats(values)}
+            for (variant, mode), values in times.items()]
     med = {(r["variant"], r["mode"]): r["median_ms"] for r in rows}
     return {"pair_peer": a.pair_peer, "pair_variant": a.pair_variant, "rows": rows,
             **{f"ratio_{mode}": med[(a.variant, mode)] / med[(a.pair_variant, mode)]

@@ -121,10 +121,11 @@ def aggregate(meta: dict, records: list[dict]) -> dict:
     errors = [{"key": r.get("key"), "error": r["error"],
                "last_line": (r.get("stderr_tail", "").strip().splitlines() or [""])[-1]}
               for r in records if "error" in r]
+    pairs = paired(ok)
     return {"machine": machine, "matmul_peaks": [{"round": r.get("round"), **{k: v for k, v in r.items()
                                                   if k.startswith("matmul_")}} for r in peaks],
-            "matmul_peak": peak, "speed": speed, "paired_latency": paired(ok), "accuracy": accuracy,
-            "errors": errors, "checks": checks(meta, speed, accuracy, paired(ok))}
+            "matmul_peak": peak, "speed": speed, "paired_latency": pairs, "accuracy": accuracy,
+            "errors": errors, "checks": checks(meta, speed, accuracy, pairs)}
 
 
 def checks(meta: dict, speed: list[dict], accuracy: list[dict], pairs: list[dict] = ()) -> list[dict]:

@@ -57,10 +57,10 @@ VARIANTS: dict[str, dict] = {
     "tiny": {"preset": "standard", "dinov2_arch": True, "speed_only": True,
              "overrides": {**_CPU_RECIPE, "dino_model": "tiny"}, "eval_every": 8},
     # the `two-stage` preset: the CPU recipe on our flexible encoder (convolutional stem + 6 ViT blocks x 192,
-    # random weights) with a 128-wide head (feed-forward 512) and 50 queries (BCCD has at most 28 boxes per image): 122 GFLOP per
-    # training step against 189 with the 256-wide head, 276 steps and AP 0.305 in 12 minutes against 180 and
-    # 0.264; and up to 100 denoising queries in training: AP 0.345 after 248 steps against 0.314 after 255
-    # (BENCHMARKS.md, issue 9)
+    # random weights) with a 128-wide head (feed-forward 512), here with 50 queries (BCCD has at most 28
+    # boxes per image): 122 GFLOP per training step against 189 with the 256-wide head, 276 steps and AP
+    # 0.305 in 12 minutes against 180 and 0.264; and up to 100 denoising queries in training: AP 0.345 after
+    # 248 steps against 0.314 after 255 (BENCHMARKS.md, issue 9)
     "flexible": {"preset": "two-stage",
                  "overrides": {"batch_size": 8, "image_size": 384, "lr": 5e-4, "num_queries": 50},
                  "eval_every": 8},
