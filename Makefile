@@ -17,7 +17,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m dino_detector.demo
 
+# the layers contract of pyproject.toml (ARCHITECTURE.md), then the suite
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest tests -q
 
 # benchmark suite, ours against the peer detectors: `make bench [OUT=DIR]` (python -m benchmarks.run --help)

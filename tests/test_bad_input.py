@@ -1,4 +1,4 @@
-"""DESIGN.md §6 bad input, fed to a dataset in one go: every problem gets a reported outcome (message and
+"""Bad input, fed to a dataset in one go: every problem gets a reported outcome (message and
 count) before training starts, or a clear error naming the file; EXIF rotation keeps boxes on objects."""
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from dino_detector.config import build_config
-from dino_detector.data.build import build_datasets
+from dino_detector.data.build import build_datasets as build_run_datasets
+from dino_detector.spec import plan_run
 from dino_detector.data.coco_mini import make_indices
 
 N_IMAGES = 1100
@@ -30,6 +31,12 @@ def big_coco(tmp_path_factory) -> tuple[Path, Path]:
     ann = root / "ann.json"
     ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 5, "name": "dot"}]}))
     return root / "images", ann
+
+
+def build_datasets(cfg):
+    """The datasets a run of ``cfg`` trains and validates on."""
+    plan = plan_run(cfg)
+    return build_run_datasets(plan.spec, plan.sources)
 
 
 def mini_config(big_coco, out: Path, **overrides):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import build_small_detector
-from dino_detector.backbones.adapters import resolve_backbone_mode
+from dino_detector.backbones.resolve import resolve_backbone_mode, weights_source
 from dino_detector.backbones.flexible import FlexibleEncoder
 
 
@@ -53,7 +53,7 @@ def test_masked_positions_take_the_mask_token(encoder):
 def test_detector_on_the_flexible_encoder_is_independent_of_batch_padding():
     model = build_small_detector(num_classes=3, dino_model="flexible-tiny", backbone_mode="auto")
     assert model.backbone.patch_size == 16
-    assert resolve_backbone_mode("auto", True, "flexible-tiny") == "full"  # no published weights: train it
+    assert resolve_backbone_mode("auto", weights_source("flexible-tiny", pretrained=True)) == "full"  # no published weights: train it
     model.eval()
     small, large = torch.rand(3, 70, 90), torch.rand(3, 130, 150)
     with torch.no_grad():

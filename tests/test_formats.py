@@ -155,7 +155,7 @@ def test_hugging_face_dataset_saved_to_disk_with_split_slicing(bccd, bccd_root, 
     datasets.DatasetDict({"validation": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(saved)
 
     src = open_source(str(tmp_path / "hf_images"), str(saved), "hf", "val", hf_split="validation[2:6]")
-    coco = src.annotations
+    coco = src.coco.dataset
     assert [c["name"] for c in coco["categories"]] == names and len(coco["images"]) == 4
     expected = boxes_by_file({**converted.coco, "images": converted.coco["images"][2:6],
                               "categories": [{**c, "id": c["id"] - 1} for c in converted.coco["categories"]],

@@ -129,7 +129,7 @@ def test_encoder_reads_but_does_not_update_the_upsampled_level():
     torch.manual_seed(0)
     shapes = [(4, 6), (2, 3)]  # the x2 level first, as the pyramid orders them
     first, total = 24, 30
-    encoder = Encoder(EncoderLayer(16, 2, 32, 0.0, "deformable", 2, 2), 2)
+    encoder = Encoder(EncoderLayer(dim=16, heads=2, ffn=32, dropout=0.0, attention="deformable", levels=2, points=2), 2)
     src, pos, ref = torch.randn(1, total, 16), torch.randn(1, total, 16), torch.rand(1, total, 2)
     levels = FlatLevels(shapes, torch.ones(1, 2, 2), torch.zeros(1, total, dtype=torch.bool))
     out = encoder(src, pos, ref, levels, first)
@@ -194,7 +194,7 @@ def test_dinov3_architecture_builds_offline_with_lora_on_its_last_blocks():
 
 
 def test_pretrained_backbone_offline_raises_a_clear_error(monkeypatch, tmp_path):
-    from dino_detector.backbones.dino import PretrainedUnavailableError, load_vit
+    from dino_detector.backbones.vit import PretrainedUnavailableError, load_vit
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)  # no local folder named like the model
@@ -376,11 +376,11 @@ def test_lora_model_round_trip(tmp_path):
 
 
 def test_pretrained_auto_lora_model_round_trip(monkeypatch, tmp_path):
-    import dino_detector.backbones.dino as dino
+    import dino_detector.backbones.vit as dino
 
     original = dino.load_vit
     # stand-in for a hub download (no network): the tiny architecture with random weights
-    monkeypatch.setattr(dino, "load_vit", lambda name, pretrained, *_: original("tiny", False))
+    monkeypatch.setattr(dino, "load_vit", lambda name, **_: original("tiny", pretrained=False))
     model = build_small_detector(num_classes=2, dino_model="facebook/dinov2-small", pretrained=True)
     assert model.backbone_mode == "lora"  # 'auto' with pretrained weights
     model.eval()
@@ -392,7 +392,7 @@ def test_pretrained_auto_lora_model_round_trip(monkeypatch, tmp_path):
 
 
 def test_local_folder_backbone_model_round_trip(tmp_path):
-    from dino_detector.backbones.dino import load_vit
+    from dino_detector.backbones.vit import load_vit
 
     folder = tmp_path / "my-dinov2"
     load_vit("tiny", pretrained=False).save_pretrained(folder)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dino_detector.backbones.dino import DinoBackbone
+from dino_detector.backbones.vit import ViTBackbone
 from dino_detector.train import main as train_main
 
 SMALL = dict(dim=384, depth=12, heads=6)  # dinov2_vits14
@@ -69,7 +69,7 @@ def vits14_file(tmp_path_factory):
 
 def test_official_vits14_loads_every_key_and_computes_the_official_forward(vits14_file):
     path, sd = vits14_file
-    backbone = DinoBackbone("facebook/dinov2-small", pretrained=False, weights_file=str(path))
+    backbone = ViTBackbone("facebook/dinov2-small", pretrained=False, weights_file=str(path))
     vit = backbone.vit
     own = vit.state_dict()
     assert torch.equal(own["embeddings.position_embeddings"], sd["pos_embed"])
@@ -91,7 +91,7 @@ def test_registers_variant_and_detector_flag(vits14_file, tmp_path):
     reg = official_state_dict(SMALL["dim"], SMALL["depth"], registers=4, seed=2)
     path = tmp_path / "dinov2_vits14_reg4_pretrain.pth"
     torch.save({"model": reg}, path)  # a wrapped state dict works too
-    backbone = DinoBackbone("facebook/dinov2-with-registers-small", weights_file=str(path))
+    backbone = ViTBackbone("facebook/dinov2-with-registers-small", weights_file=str(path))
     assert torch.equal(backbone.vit.state_dict()["embeddings.register_tokens"], reg["register_tokens"])
     # through the detector: official weights count as pretrained, so 'auto' adapts them with LoRA
     model = DINOv2ObjectDetector(num_classes=3, dino_model="facebook/dinov2-small", pretrained=False,
@@ -103,22 +103,22 @@ def test_registers_variant_and_detector_flag(vits14_file, tmp_path):
 def test_wrong_files_are_clear_errors(vits14_file, tmp_path):
     path, _ = vits14_file
     with pytest.raises(ValueError) as err:  # ViT-S weights into a ViT-B architecture
-        DinoBackbone("facebook/dinov2-base", weights_file=str(path))
+        ViTBackbone("facebook/dinov2-base", weights_file=str(path))
     assert "tensors of different shape" in str(err.value) and "hidden 768" in str(err.value)
     odd = tmp_path / "odd.pth"
     torch.save({**official_state_dict(192, 6), "head.weight": torch.zeros(3)}, odd)
     with pytest.raises(ValueError, match=r"keys not in the official DINOv2 layout \(1\): head.weight"):
-        DinoBackbone("tiny", weights_file=str(odd))
+        ViTBackbone("tiny", weights_file=str(odd))
     partial = tmp_path / "partial.pth"
     torch.save({k: v for k, v in official_state_dict(192, 6).items() if not k.startswith("blocks.5.")}, partial)
     with pytest.raises(ValueError, match=r"model tensors the file lacks \(\d+\): encoder\.layer\.5\."):
-        DinoBackbone("tiny", weights_file=str(partial))
+        ViTBackbone("tiny", weights_file=str(partial))
     text = tmp_path / "notes.pth"
     text.write_text("not a checkpoint")
     with pytest.raises(ValueError, match="cannot read --dino_weights"):
-        DinoBackbone("tiny", weights_file=str(text))
+        ViTBackbone("tiny", weights_file=str(text))
     with pytest.raises(FileNotFoundError):
-        DinoBackbone("tiny", weights_file=str(tmp_path / "missing.pth"))
+        ViTBackbone("tiny", weights_file=str(tmp_path / "missing.pth"))
 
 
 def test_train_command_reports_a_wrong_weights_file(tiny_coco, tmp_path, capsys):

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from dino_detector.backbones.encoder_file import load_encoder
 from dino_detector.data.synthetic import generate_shapes
-from dino_detector.engine.checkpoint import load_checkpoint
+from dino_detector.runtime.checkpoint import load_checkpoint
 from dino_detector.pretrain import main as pretrain_main
 from dino_detector.train import main as train_main
 

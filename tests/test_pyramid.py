@@ -48,10 +48,10 @@ def test_single_level_is_the_patch_grid_and_bad_level_counts_are_rejected():
 
 
 def test_backbone_feature_layers_concatenate_normed_intermediate_blocks():
-    from dino_detector.backbones.dino import DinoBackbone, imagenet_normalise
+    from dino_detector.backbones.vit import ViTBackbone, imagenet_normalise
 
     torch.manual_seed(0)
-    backbone = DinoBackbone("tiny", pretrained=False, feature_layers=3).eval()
+    backbone = ViTBackbone("tiny", pretrained=False, feature_layers=3).eval()
     assert backbone.layer_ids == [2, 4, 6] and backbone.num_channels == 3 * 192
     image = torch.rand(3, 56, 70)
     with torch.no_grad():
@@ -63,4 +63,4 @@ def test_backbone_feature_layers_concatenate_normed_intermediate_blocks():
         expected = backbone.vit.layernorm(states[k])[0, 1:].T.reshape(192, 4, 5)
         torch.testing.assert_close(fmap[0, 192 * i: 192 * (i + 1)], expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="backbone_feature_layers"):
-        DinoBackbone("tiny", pretrained=False, feature_layers=7)
+        ViTBackbone("tiny", pretrained=False, feature_layers=7)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dino_detector.engine.checkpoint import load_checkpoint, remove_stale_temporaries, save_atomic
+from dino_detector.runtime.checkpoint import load_checkpoint, remove_stale_temporaries, save_atomic
 
 EPOCHS = 4
 
@@ -81,7 +81,7 @@ def test_a_kill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_
     save_atomic({"model": {"w": torch.ones(3)}, "metadata": {}, "epoch": 1}, path)
     script = textwrap.dedent(f"""
         import os, signal, torch
-        from dino_detector.engine import checkpoint
+        from dino_detector.runtime import checkpoint
         def half_then_die(obj, f, *a, **k):
             f.write(b"PK" + b"x" * 100000)  # part of a file, then the process is killed
             f.flush()

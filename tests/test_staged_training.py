@@ -33,7 +33,7 @@ def straight(tiny_coco, tmp_path_factory):
     out = tmp_path_factory.mktemp("staged")
     trainer = Trainer(staged_config(tiny_coco, out))
     initial = {k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith("backbone.")}
-    assert trainer.cfg.model.backbone_mode == "frozen"  # "auto" becomes frozen for the first stage
+    assert trainer.spec.model.backbone_mode == "frozen"  # "auto" becomes frozen for the first stage
     assert not any(p.requires_grad for p in trainer.model.backbone.parameters())
     trainer.fit()
     return out, initial

@@ -1,41 +1,43 @@
 """Learning-rate schedules, layer-wise decay, EMA, AMP choices and checkpoint pruning."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from dino_detector.config import TrainConfig
-from dino_detector.engine.checkpoint import load_checkpoint, prune_epoch_checkpoints
+from dino_detector.runtime.checkpoint import load_checkpoint, prune_epoch_checkpoints
 from dino_detector.engine.ema import ema_model
-from dino_detector.engine.optim import LRSchedule, backbone_groups, backbone_layer_id, head_group
-from dino_detector.engine.trainer import resolve_amp
+from dino_detector.engine.optim import backbone_groups, backbone_layer_id, head_group, lr_schedule
+from dino_detector.runtime.device import resolve_amp
+from dino_detector.runtime.schedule import Clock, Schedule
 from dino_detector.train import main as train_main
 
 from conftest import build_small_detector
 
 
-def factors(schedule: LRSchedule, steps: int, per_epoch: int) -> list[float]:
-    return [schedule.factor(s, s // per_epoch, 0.0) for s in range(steps)]
+def factors(schedule: Schedule, steps: int, per_epoch: int) -> list[float]:
+    return [schedule(Clock(s, s // per_epoch, 0.0)) for s in range(steps)]
 
 
 def test_warmup_then_step_drop():
-    f = factors(LRSchedule("step", epochs=4, steps_per_epoch=10, warmup_steps=5, drop_epoch=3), 40, 10)
+    f = factors(lr_schedule(kind="step", epochs=4, steps_per_epoch=10, warmup_steps=5, drop_epoch=3), 40, 10)
     assert f[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     assert f[5:30] == [1.0] * 25 and f[30:] == [0.1] * 10
 
 
 def test_cosine_falls_from_one_to_the_floor():
-    s = LRSchedule("cosine", epochs=2, steps_per_epoch=50, min_factor=0.01)
+    s = lr_schedule(kind="cosine", epochs=2, steps_per_epoch=50, min_factor=0.01)
     f = factors(s, 100, 50)
     assert f[0] == 1.0 and all(a >= b for a, b in zip(f, f[1:]))
-    assert f[50] == pytest.approx(0.01 + 0.99 * 0.5) and s.factor(100, 2, 0.0) == pytest.approx(0.01)
+    assert f[50] == pytest.approx(0.01 + 0.99 * 0.5) and s(Clock(100, 2, 0.0)) == pytest.approx(0.01)
     # under a time budget, progress is the larger of steps and time
-    timed = LRSchedule("cosine", epochs=100, steps_per_epoch=50, budget_s=60.0, min_factor=0.0)
-    assert timed.factor(0, 0, 30.0) == pytest.approx(0.5) and timed.factor(0, 0, 60.0) == pytest.approx(0.0)
+    timed = lr_schedule(kind="cosine", epochs=100, steps_per_epoch=50, budget_s=60.0, min_factor=0.0)
+    assert timed(Clock(0, 0, 30.0)) == pytest.approx(0.5) and timed(Clock(0, 0, 60.0)) == pytest.approx(0.0)
     with pytest.raises(ValueError, match="lr_schedule"):
-        LRSchedule("linear", 1, 1)
+        lr_schedule(kind="linear", epochs=1, steps_per_epoch=1)
 
 
 def test_layer_wise_decay_gives_deeper_blocks_larger_rates():
@@ -73,15 +75,19 @@ def test_ema_follows_the_weights_with_a_warming_decay():
 
 def test_amp_choices():
     cpu, t = torch.device("cpu"), TrainConfig()
-    assert resolve_amp(t, cpu) is None
-    t.amp = True
-    assert resolve_amp(t, cpu) == torch.bfloat16
-    t.amp_dtype = "fp16"
+
+    def amp(train: TrainConfig):
+        return resolve_amp(amp=train.amp, amp_dtype=train.amp_dtype, device=cpu)
+
+    assert amp(t) is None
+    t = dataclasses.replace(t, amp=True)
+    assert amp(t) == torch.bfloat16
+    t = dataclasses.replace(t, amp_dtype="fp16")
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
-        resolve_amp(t, cpu)
-    t.amp_dtype = "int8"
+        amp(t)
+    t = dataclasses.replace(t, amp_dtype="int8")
     with pytest.raises(ValueError, match="amp_dtype"):
-        resolve_amp(t, cpu)
+        amp(t)
 
 
 def test_bf16_autocast_trains_a_tiny_step_on_cpu_and_ema_is_saved(tiny_coco, tmp_path):

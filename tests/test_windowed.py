@@ -2,17 +2,17 @@
 import pytest
 import torch
 
-from dino_detector.backbones.dino import DinoBackbone
-from dino_detector.backbones.windowed import (from_windows, global_block_ids, resolve_backbone_attention,
-                                              to_windows)
+from dino_detector.backbones.vit import ViTBackbone
+from dino_detector.backbones.resolve import resolve_backbone, resolve_backbone_attention
+from dino_detector.backbones.windowed import from_windows, global_block_ids, to_windows
 from dino_detector.config import build_config
 from dino_detector.models.detector import DINOv2ObjectDetector
 
 
 def _pair(windows: int, global_blocks: int, name: str = "tiny"):
     torch.manual_seed(0)
-    full = DinoBackbone(name, False, 1).eval()
-    windowed = DinoBackbone(name, False, 1, windows=windows, global_blocks=global_blocks).eval()
+    full = ViTBackbone(name, pretrained=False, feature_layers=1).eval()
+    windowed = ViTBackbone(name, pretrained=False, feature_layers=1, windows=windows, global_blocks=global_blocks).eval()
     windowed.load_state_dict(full.state_dict())
     return full, windowed
 
@@ -69,8 +69,7 @@ def test_lightweight_preset_resolves_its_layout_from_the_weights():
     model = DINOv2ObjectDetector(num_classes=3, config=cfg.model)
     assert model.config.backbone_attention == "windowed" and model.backbone.windowed is not None
     assert model.backbone.patch_size == 16 and model.backbone.grid_multiple == 2
-    pretrained = build_config("lightweight").model  # hub weights: not built here, only resolved
-    DINOv2ObjectDetector._resolve_backbone_layout(pretrained)
+    pretrained = resolve_backbone(build_config("lightweight").model)  # hub weights: not built here, only resolved
     assert pretrained.backbone_attention == "full" and pretrained.backbone_patch_size == 0
     assert resolve_backbone_attention("auto", True, dinov2=False) == "full"  # flexible / DINOv3: no windows
     with pytest.raises(ValueError, match="needs a DINOv2"):

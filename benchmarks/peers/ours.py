@@ -13,9 +13,9 @@ Variants (every one from random initialisation, nothing pretrained):
   (``flexible-tiny``: a convolutional stem and 6 blocks x 192) with a 128-wide head and denoising queries in
   training, at the CPU recipe's batch 8, 384 px and lr 5e-4, with 50 queries.
 
-``train_step`` and ``inference`` build the model the trainer builds (``DINOv2ObjectDetector`` from the
-variant's config) with its criterion and AdamW groups; ``train_for_budget`` runs ``dino_detector.train``
-itself with ``--time_budget_min``.
+``train_step`` and ``inference`` build the model the trainer builds (the detector of the variant's resolved
+run specification, BCCD's classes) with its criterion and AdamW groups; ``train_for_budget`` runs
+``dino_detector.train`` itself with ``--time_budget_min`` (``train_argv`` is its command line).
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ import torch
 
 from . import BccdData, BudgetRun
 
-BCCD_CLASSES = 3
+BCCD_CATEGORIES = ([1, 2, 3], ["Platelets", "RBC", "WBC"])  # (category ids, names) of BCCD's COCO files
+BCCD_CLASSES = len(BCCD_CATEGORIES[0])
 # accuracy runs: the budget ends training (epochs is only a ceiling); val AP every few epochs draws the
 # AP-vs-time curve. The DINOv2-S variants take 4 images per step (more updates in the budget), the tiny
 # ones keep the 8 of their measured recipe (BENCHMARKS.md, issue 3).
@@ -67,20 +68,22 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def _config(variant: str, **extra):
+def run_spec(variant: str, **extra):
+    """The resolved run specification of ``variant`` with BCCD's classes (what the trainer would build)."""
     from dino_detector.config import build_config
+    from dino_detector.spec import resolve_run
 
-    spec = VARIANTS[variant]
-    return build_config(spec["preset"], pretrained=False, **{**spec["overrides"], **extra})
+    v = VARIANTS[variant]
+    return resolve_run(build_config(v["preset"], pretrained=False, **{**v["overrides"], **extra}),
+                       classes=BCCD_CATEGORIES)
 
 
 def _model(variant: str, device: str = "cpu"):
-    from dino_detector.models.detector import DINOv2ObjectDetector
+    from dino_detector.models.detector import ObjectDetector
 
     torch.manual_seed(0)
-    cfg = _config(variant)
-    model = DINOv2ObjectDetector(num_classes=BCCD_CLASSES, config=cfg.model).to(device)
-    return model, cfg
+    spec = run_spec(variant)
+    return ObjectDetector(config=spec.model, resize=spec.data).to(device), spec
 
 
 def _synthetic_targets(batch: int, device: str) -> list[dict]:
@@ -94,11 +97,12 @@ def train_step(variant: str, side: int, batch: int, device: str = "cpu", dtype: 
     from dino_detector.engine.optim import build_optimizer
     from dino_detector.losses.criterion import build_criterion
 
-    model, cfg = _model(variant, device)
+    model, spec = _model(variant, device)
     model.train()
-    criterion = build_criterion(BCCD_CLASSES, cfg.loss, model.softmax)
-    lr = cfg.train.lr
-    optimizer = build_optimizer(model, lr, lr, cfg.train.layer_decay, cfg.train.weight_decay)
+    criterion = build_criterion(BCCD_CLASSES, spec.loss, model.softmax)
+    t = spec.train
+    optimizer = build_optimizer(model, lr=t.lr, backbone_lr=t.lr_backbone, layer_decay=t.layer_decay,
+                                weight_decay=t.weight_decay)
     images = torch.rand(batch, 3, side, side, device=device)
     targets = _synthetic_targets(batch, device)
     autocast = torch.autocast(device, torch.bfloat16, enabled=dtype == "bf16")
@@ -137,14 +141,13 @@ def parameters(variant: str) -> int:
     return sum(p.numel() for p in _model(variant)[0].parameters())
 
 
-def train_for_budget(variant: str, data: BccdData, minutes: float, out_dir: Path, seed: int = 42) -> BudgetRun:
-    """``python -m dino_detector.train`` on BCCD train for ``minutes`` of wall-clock, evaluated on val."""
-    from dino_detector.train import main as train_main
-
-    spec = VARIANTS[variant]
-    settings = {**_COMMON, **spec["overrides"], "eval_every": spec.get("eval_every", 4), "seed": seed,
+def train_argv(variant: str, data: BccdData, minutes: float, out_dir: Path, seed: int = 42) -> list[str]:
+    """The ``dino_detector.train`` command line of ``variant``'s accuracy run: its preset, its overrides and
+    the budget settings, on BCCD train, validated on val."""
+    v = VARIANTS[variant]
+    settings = {**_COMMON, **v["overrides"], "eval_every": v.get("eval_every", 4), "seed": seed,
                 "time_budget_min": minutes, "device": "cpu", "output_dir": str(out_dir)}
-    argv = ["--preset", spec["preset"], "--no_pretrained",
+    argv = ["--preset", v["preset"], "--no_pretrained",
             "--train_images", str(data.images), "--train_annotations", str(data.train_json),
             "--val_images", str(data.images), "--val_annotations", str(data.val_json)]
     for key, value in settings.items():
@@ -152,6 +155,14 @@ def train_for_budget(variant: str, data: BccdData, minutes: float, out_dir: Path
             argv.append(f"--{key}" if value else f"--no_{key}")
         else:
             argv += [f"--{key}", str(value)]
+    return argv
+
+
+def train_for_budget(variant: str, data: BccdData, minutes: float, out_dir: Path, seed: int = 42) -> BudgetRun:
+    """``python -m dino_detector.train`` on BCCD train for ``minutes`` of wall-clock, evaluated on val."""
+    from dino_detector.train import main as train_main
+
+    argv = train_argv(variant, data, minutes, out_dir, seed)
     started = time.time()
     if train_main(argv) != 0:
         raise RuntimeError(f"dino_detector.train failed for {variant}: {' '.join(argv)}")

@@ -1,6 +1,16 @@
-"""dino_detector: end-to-end DETR-style object detection on DINOv2 / DINOv3 backbones."""
-from .config import Config, build_config
-from .models.detector import DINOv2ObjectDetector
+"""dino_detector: end-to-end DETR-style object detection on DINOv2 / DINOv3 backbones and on an encoder you
+pretrain yourself (ARCHITECTURE.md maps the packages).
 
-__all__ = ["Config", "DINOv2ObjectDetector", "build_config"]
+The detector class is imported on first use, so that the command line answers ``--help`` and rejects a
+bad flag without loading torch."""
+from .config import Config, build_config
+
+__all__ = ["Config", "DINOv2ObjectDetector", "ObjectDetector", "build_config"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in ("DINOv2ObjectDetector", "ObjectDetector"):
+        from .models import detector
+        return getattr(detector, name)
+    raise AttributeError(f"module 'dino_detector' has no attribute '{name}'")

@@ -12,55 +12,56 @@ self-contained report.html (images embedded) into --output_dir.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Optional
 
-from .engine.logging import setup_console
+from .cli import parse_settings
+from .config import Settings
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[3:]))
-    add = parser.add_argument
-    add("--metrics_file", help="a metrics JSON written by train or analyze --run_eval")
-    add("--predictions_file", help="COCO results JSON (val_predictions_final.json, testdev_predictions_...)")
-    add("--test_images", help="the folder the predictions' images are in")
-    add("--annotations", help="ground truth (COCO JSON, VOC or YOLO folder) for --predictions_file / --compare")
-    add("--num_visualizations", type=int, default=10, help="images to draw (default 10)")
-    add("--confidence_threshold", type=float, default=0.5, help="drawn boxes and class counts (default 0.5)")
-    add("--run_eval", action="store_true", help="evaluate --model_path on --val_images / --val_annotations")
-    add("--model_path", help="a checkpoint (dino_detector_*.pth) or save_pretrained folder")
-    add("--val_images")
-    add("--val_annotations")
-    add("--data_format", default="auto", choices=["auto", "coco", "voc", "yolo", "hf"])
-    add("--batch_size", type=int, default=4)
-    add("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    add("--score_threshold", type=float, default=0.5, help="for precision / recall / F1 / confusion matrix")
-    add("--compare", nargs="+", metavar="RESULTS_JSON", help="COCO results files to compare")
-    add("--labels", nargs="+", help="a name per --compare file (default: file names)")
-    add("--output_dir", default="outputs/analysis")
-    return parser
+@dataclass(frozen=True)
+class AnalyzeSettings(Settings):
+    metrics_file: Optional[str] = None  # a metrics JSON written by train or analyze --run_eval
+    predictions_file: Optional[str] = None  # COCO results JSON (val_predictions_final.json, testdev_predictions_...)
+    test_images: Optional[str] = None  # the folder the predictions' images are in
+    annotations: Optional[str] = None  # ground truth (COCO JSON, VOC or YOLO folder) for --predictions_file / --compare
+    num_visualizations: int = 10  # images to draw
+    confidence_threshold: float = 0.5  # score of the drawn boxes and the class counts
+    run_eval: bool = False  # evaluate --model_path on --val_images / --val_annotations
+    model_path: Optional[str] = None  # a checkpoint (dino_detector_*.pth) or save_pretrained folder
+    val_images: Optional[str] = None  # --run_eval: the validation images
+    val_annotations: Optional[str] = None  # --run_eval: the validation annotations (COCO JSON, VOC or YOLO folder)
+    data_format: Literal["auto", "coco", "voc", "yolo", "hf"] = "auto"  # annotation format; auto: told apart by the path
+    batch_size: int = 4  # --run_eval: images per model call
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # --run_eval: where to run; auto: CUDA when available
+    score_threshold: float = 0.5  # score cut-off of precision / recall / F1 and the confusion matrix
+    compare: Optional[list[str]] = None  # COCO results files to compare on --annotations
+    labels: Optional[list[str]] = None  # a name per --compare file (default: the file names)
+    output_dir: str = "outputs/analysis"  # folder for report.md, report.html and the charts
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    lines = __doc__.splitlines()
+    args, _ = parse_settings(AnalyzeSettings, argv, description=lines[0], epilog="\n".join(lines[3:]))
+    from .runtime.logging import setup_console
     setup_console()
     modes = [bool(args.metrics_file or args.predictions_file), args.run_eval, bool(args.compare)]
     if sum(modes) != 1:
-        parser.error("choose one mode: --metrics_file and/or --predictions_file, --run_eval, or --compare")
-    from .backbones.dino import PretrainedUnavailableError
+        _usage("choose one mode: --metrics_file and/or --predictions_file, --run_eval, or --compare")
+    from .backbones.vit import PretrainedUnavailableError
     from .data.images import ImageReadError
     try:
         if args.compare:
-            report = _compare(args, parser)
+            report = _compare(args)
         elif args.run_eval:
-            report = _run_eval(args, parser)
+            report = _run_eval(args)
         else:
-            report = _files(args, parser)
+            report = _files(args)
+    except UsageError as err:
+        _usage(str(err))
     except (FileNotFoundError, ValueError, ImageReadError, PretrainedUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -69,16 +70,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class UsageError(Exception):
+    """Flags that do not make a mode (exit code 2, like any bad flag)."""
+
+
+def _usage(message: str):
+    """Exit 2 with one line, as a bad flag does."""
+    print(f"error: {message}  (--help lists every flag)", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _report(args, title: str):
     from .analysis.report import Report
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     return Report(title, Path(args.output_dir))
 
 
-def _compare(args, parser):
+def _compare(args):
     from .analysis.compare import compare, comparison_cells, comparison_chart, comparison_table
     if not args.annotations:
-        parser.error("--compare needs --annotations (the ground truth every results file is scored against)")
+        raise UsageError("--compare needs --annotations (the ground truth every results file is scored against)")
     rows = compare(args.annotations, args.compare, args.labels, args.score_threshold)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +108,7 @@ def _compare(args, parser):
     return report
 
 
-def _files(args, parser):
+def _files(args):
     """--metrics_file and/or --predictions_file."""
     from .analysis.sections import Predictions, annotated_files, folder_files, metrics_section, predictions_section
     out = Path(args.output_dir)
@@ -113,7 +124,7 @@ def _files(args, parser):
         metrics_section(report, metrics, out)
     if args.predictions_file:
         if not args.test_images:
-            parser.error("--predictions_file needs --test_images (the folder its images are in)")
+            raise UsageError("--predictions_file needs --test_images (the folder its images are in)")
         from .analysis.compare import load_results
         gt = None
         if args.annotations:
@@ -130,13 +141,14 @@ def _files(args, parser):
     return report
 
 
-def _run_eval(args, parser):
+def _run_eval(args):
     from .analysis.run_eval import evaluate_model
     from .analysis.sections import Predictions, annotated_files, metrics_section, predictions_section
     if not (args.model_path and args.val_annotations):
-        parser.error("--run_eval needs --model_path and --val_annotations (and --val_images for COCO JSON)")
-    ev = evaluate_model(args.model_path, args.val_images, args.val_annotations, args.data_format,
-                        args.score_threshold, args.batch_size, args.device)
+        raise UsageError("--run_eval needs --model_path and --val_annotations (and --val_images for COCO JSON)")
+    ev = evaluate_model(args.model_path, images=args.val_images, annotations=args.val_annotations,
+                        data_format=args.data_format, score_threshold=args.score_threshold,
+                        batch_size=args.batch_size, device=args.device)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "val_metrics.json").write_text(json.dumps(ev.metrics, indent=2))
@@ -157,9 +169,8 @@ def _run_eval(args, parser):
 def _ground_truth(images: str, annotations: str, data_format: str):
     """(pycocotools COCO, image folder): VOC / YOLO sources name their own image folder."""
     from .data.build import open_source
-    from .data.coco import load_coco
     source = open_source(images, annotations, data_format, "val")
-    return load_coco(source.annotations), source.images
+    return source.coco, source.images
 
 
 def _class_names(results: list[dict], gt, model_path: str | None) -> dict[int, str]:
@@ -169,9 +180,9 @@ def _class_names(results: list[dict], gt, model_path: str | None) -> dict[int, s
     if gt is not None:
         names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
     elif model_path:
-        from .models.detector import saved_metadata
-        meta = saved_metadata(model_path)
-        names = dict(zip(meta["category_ids"], meta["class_names"]))
+        from .models.persistence import saved_model_config
+        model_cfg = saved_model_config(model_path)
+        names = dict(zip(model_cfg.category_ids, model_cfg.class_names))
     for r in results:
         if "category_name" in r:
             names.setdefault(r["category_id"], r["category_name"])

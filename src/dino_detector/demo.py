@@ -9,10 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import add_config_arguments, base_parser, config_from_args
-from .data.images import load_image
-from .data.synthetic import generate_shapes
-from .engine.logging import setup_console
+from .cli import parse_config
 
 # Settings measured to pass AP50 >= 0.5 on held-out images within the time budget on 2 CPU cores
 # (BENCHMARKS.md has the numbers); the budget, not the epoch count, ends training. A model this briefly
@@ -23,18 +20,24 @@ DEMO_SETTINGS = dict(dino_model="tiny", pretrained=False, image_size=192, num_qu
                      score_threshold=0.3)
 
 
+def demo_arguments(parser) -> None:
+    group = parser.add_argument_group("demo", "the generated dataset; any training setting below can be changed "
+                                      "too, e.g. --image_size 320")
+    group.add_argument("--train_size", type=int, default=800, help="generated training images [default: 800]")
+    group.add_argument("--val_size", type=int, default=100, help="generated held-out images [default: 100]")
+    group.add_argument("--num_visualizations", type=int, default=6, help="drawn predictions [default: 6]")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser(__doc__.splitlines()[0])
-    add_config_arguments(parser)  # any training setting can be changed, e.g. --image_size 320
-    parser.add_argument("--train_size", type=int, default=800)
-    parser.add_argument("--val_size", type=int, default=100)
-    parser.add_argument("--num_visualizations", type=int, default=6)
-    args = parser.parse_args(argv)
+    cfg, args = parse_config(argv, __doc__.splitlines()[0], extra=demo_arguments)
+    from .data.images import load_image
+    from .data.synthetic import generate_shapes
+    from .runtime.logging import setup_console
     setup_console()
     started = time.time()
-    out = Path(args.output_dir or "outputs/demo")
+    out = Path(cfg.train.output_dir if "output_dir" in cfg.given else "outputs/demo")
     data = out / "data"
-    seed = args.seed if args.seed is not None else 0
+    seed = cfg.train.seed if "seed" in cfg.given else 0
     train_images, train_ann = generate_shapes(data, "train", args.train_size, seed=seed)
     val_images, val_ann = generate_shapes(data, "val", args.val_size, seed=seed)
     print(f"shapes dataset: {args.train_size} training / {args.val_size} held-out images in {data}")
@@ -45,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(DEMO_SETTINGS, output_dir=str(out), seed=seed,
                     train_images=str(train_images), train_annotations=str(train_ann),
                     val_images=str(val_images), val_annotations=str(val_ann))
-    cfg = config_from_args(args)
-    cfg.update({k: v for k, v in settings.items() if getattr(args, k, None) is None})
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg.update({k: v for k, v in settings.items() if k not in cfg.given}))
     metrics = trainer.fit()
     plot_training(trainer.history, metrics, out / "training_curves.png")
     model = trainer.model
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(min(args.num_visualizations, len(trainer.val_set))):
         path = trainer.val_set.image_path(i)
         image = load_image(path)
-        det = model.predict(image, threshold=cfg.train.score_threshold)
+        det = model.predict(image, threshold=trainer.spec.train.score_threshold)
         draw_detections(image, det["boxes"], det["labels"], det["scores"], names).save(vis / path.name)
     print(f"\ndemo finished in {time.time() - started:.0f} s: AP {metrics['AP']:.3f}  AP50 {metrics['AP50']:.3f}  "
           f"AP75 {metrics['AP75']:.3f} on {metrics['num_images']} held-out images")

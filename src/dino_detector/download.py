@@ -1,26 +1,32 @@
 """``python -m dino_detector.download``: fetch COCO 2017 (images + annotations) with resume and checksums."""
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from dataclasses import dataclass
 
-from .data.download import COCO_BASE_URL, DownloadError, UnsafeArchiveError, download_coco
+from .cli import parse_settings
+from .config import Settings
+from .data.download import COCO_BASE_URL  # the data package's __init__ imports nothing: no torch here
+
+
+@dataclass(frozen=True)
+class DownloadSettings(Settings):
+    download_train: bool = False  # train2017 images + annotations (19 GB)
+    download_val: bool = False  # val2017 images + annotations (1 GB)
+    download_test: bool = False  # test2017 images + image info (6.6 GB)
+    data_dir: str = "data/coco"  # where images/ and annotations/ go
+    base_url: str = COCO_BASE_URL  # mirror of images.cocodataset.org
+    progress: bool = True  # progress bars (--no_progress: none)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip("`: "))
-    parser.add_argument("--download_train", action="store_true", help="train2017 images + annotations (19 GB)")
-    parser.add_argument("--download_val", action="store_true", help="val2017 images + annotations (1 GB)")
-    parser.add_argument("--download_test", action="store_true", help="test2017 images + image info (6.6 GB)")
-    parser.add_argument("--data_dir", default="data/coco", help="where images/ and annotations/ go")
-    parser.add_argument("--base_url", default=COCO_BASE_URL, help="mirror of images.cocodataset.org")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    args, _ = parse_settings(DownloadSettings, argv, description=__doc__.splitlines()[0].strip("`: "))
+    from .data.download import DownloadError, UnsafeArchiveError, download_coco
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
-        fetched = download_coco(args.data_dir, args.download_train, args.download_val, args.download_test,
-                                args.base_url, progress=not args.no_progress)
+        fetched = download_coco(args.data_dir, train=args.download_train, val=args.download_val,
+                                test=args.download_test, base_url=args.base_url, progress=args.progress)
     except (DownloadError, UnsafeArchiveError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

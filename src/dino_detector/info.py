@@ -5,16 +5,30 @@ in a second.
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
+from typing import Literal, Optional
 
-import torch
+from .cli import parse_settings
+from .config import PRESETS, Settings
 
-from .backbones.dino import ARCHITECTURES, _classes, architecture_config
-from .backbones.flexible import FLEXIBLE_ARCHITECTURES, FlexibleEncoder
+PRESET_NAMES = tuple(sorted(PRESETS))
+
+
+@dataclass(frozen=True)
+class InfoSettings(Settings):
+    preset: Optional[Literal[PRESET_NAMES]] = None  # also print this preset's detector size
+    num_classes: int = 80  # classes of that detector
+    dino_model: Optional[str] = None  # backbone for --preset (default: the preset's)
 
 
 def backbone_rows() -> list[dict]:
+    import torch
+
+    from .backbones.catalog import ARCHITECTURES, FLEXIBLE_ARCHITECTURES
+    from .backbones.flexible import FlexibleEncoder
+    from .backbones.vit import _classes, architecture_config
+
     rows = []
     for name, (family, _) in ARCHITECTURES.items():
         cfg = architecture_config(name)
@@ -35,28 +49,25 @@ def backbone_rows() -> list[dict]:
 
 
 def detector_counts(preset: str, num_classes: int, **overrides) -> tuple[int, int]:
-    """(trainable, total) parameters of a preset's detector with random weights, built on the meta device."""
-    from .backbones.adapters import count_parameters
-    from .config import build_config
-    from .models.detector import DINOv2ObjectDetector
+    """(trainable, total) parameters of a preset's detector as it trains from its published weights (LoRA
+    where they exist), built with random weights on the meta device."""
+    import torch
 
-    cfg = build_config(preset, **overrides)
-    cfg.model.pretrained = False
-    if cfg.model.backbone_mode == "auto":  # count as trained from pretrained weights: LoRA adapters
-        cfg.model.backbone_mode = "lora"
+    from .backbones.adapters import count_parameters
+    from .backbones.resolve import resolve_backbone_mode, weights_source
+    from .config import build_config
+    from .models.detector import ObjectDetector
+
+    model_cfg = build_config(preset, **overrides).model
+    mode = resolve_backbone_mode(model_cfg.backbone_mode, weights_source(model_cfg.dino_model, pretrained=True))
     with torch.device("meta"):
-        model = DINOv2ObjectDetector(num_classes=num_classes, config=cfg.model)
+        model = ObjectDetector(num_classes=num_classes, config=model_cfg.update({"pretrained": False,
+                                                                                 "backbone_mode": mode}))
     return count_parameters(model)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import PRESETS
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="also print this preset's detector size")
-    parser.add_argument("--num_classes", type=int, default=80)
-    parser.add_argument("--dino_model", default=None, help="backbone for --preset (default: the preset's)")
-    args = parser.parse_args(argv)
+    args, _ = parse_settings(InfoSettings, argv, description=__doc__.splitlines()[0])
     print(f"{'backbone':46s} {'family':10s} {'hidden':>6s} {'layers':>6s} {'heads':>5s} {'patch':>5s} "
           f"{'regs':>4s} {'params':>14s}")
     for r in backbone_rows():

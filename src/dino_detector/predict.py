@@ -7,40 +7,40 @@ With --annotations, image ids are that file's ids (matched by file name) and unl
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Optional
 
-from .engine.logging import setup_console
+from .cli import parse_settings
+from .config import Settings
 
 log = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     epilog="\n".join(__doc__.splitlines()[2:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = parser.add_argument
-    add("--checkpoint", required=True, help="dino_detector_*.pth checkpoint or save_pretrained folder")
-    add("--images", required=True, nargs="+", help="image files and/or folders (searched recursively)")
-    add("--output_dir", default="outputs/predict")
-    add("--threshold", type=float, default=0.5, help="keep detections scoring above this (default 0.5)")
-    add("--top_k", type=int, default=100, help="at most this many detections per image")
-    add("--batch_size", type=int, default=4)
-    add("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    add("--num_workers", type=int, default=-1, help="image-decoding processes (-1: auto)")
-    add("--annotations", help="COCO JSON whose image ids the predictions should use (matched by file name)")
-    add("--compile", action="store_true", help="torch.compile the model (pays off on long runs / GPUs)")
-    add("--no_draw", action="store_true", help="do not write drawn pictures")
-    return parser
+@dataclass(frozen=True)
+class PredictSettings(Settings):
+    checkpoint: str  # dino_detector_*.pth checkpoint or save_pretrained folder
+    images: list[str]  # image files and / or folders (searched recursively)
+    output_dir: str = "outputs/predict"  # folder for predictions.json, images.json and drawn/
+    threshold: float = 0.5  # keep detections scoring above this
+    top_k: int = 100  # at most this many detections per image
+    batch_size: int = 4  # images per model call (sorted by size, so a batch shares one patch grid)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # where to run; auto: CUDA when available
+    num_workers: int = -1  # image-decoding processes; -1: 0 on small CPU-only machines, else up to 8
+    annotations: Optional[str] = None  # COCO JSON whose image ids the predictions should use (matched by file name)
+    compile: bool = False  # torch.compile the model with frozen weights (pays off on long runs and GPUs)
+    draw: bool = True  # write drawn pictures into drawn/ (--no_draw: only the JSON files)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, _ = parse_settings(PredictSettings, argv, description=__doc__.splitlines()[0],
+                             epilog="\n".join(__doc__.splitlines()[2:]))
+    from .runtime.logging import setup_console
     setup_console()
-    from .backbones.dino import PretrainedUnavailableError
+    from .backbones.vit import PretrainedUnavailableError
     from .data.images import ImageReadError
     try:
         return run(args)
@@ -49,12 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def run(args) -> int:
-    from .data.build import resolve_num_workers
+def run(args: PredictSettings) -> int:
     from .data.images import folder_image_id, list_images
     from .engine.inference import predict_files, prepare_model
-    from .engine.trainer import resolve_device
-    from .models.detector import DINOv2ObjectDetector
+    from .models.detector import ObjectDetector
+    from .runtime.device import resolve_device, resolve_num_workers
 
     paths = [p for item in args.images for p in list_images(item, recursive=True)]
     ids = {p: folder_image_id(p, i) for i, p in enumerate(paths)}
@@ -63,9 +62,9 @@ def run(args) -> int:
     if not paths:
         raise ValueError(f"no image files found in {' '.join(args.images)}")
     device = resolve_device(args.device)
-    model = prepare_model(DINOv2ObjectDetector.from_pretrained(args.checkpoint), device, args.compile)
-    run_ = predict_files(model, paths, device, args.batch_size, args.threshold, args.top_k,
-                         resolve_num_workers(args.num_workers, device))
+    model = prepare_model(ObjectDetector.from_pretrained(args.checkpoint), device, args.compile)
+    run_ = predict_files(model, paths, device, batch_size=args.batch_size, threshold=args.threshold,
+                         top_k=args.top_k, num_workers=resolve_num_workers(args.num_workers, device))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = dict(zip(model.category_ids, model.class_names))
@@ -81,7 +80,7 @@ def run(args) -> int:
     (out / "predictions.json").write_text(json.dumps(results))
     (out / "images.json").write_text(json.dumps({"images": images, "categories": categories,
                                                  "annotations": []}))
-    if not args.no_draw:
+    if args.draw:
         _draw(run_.predictions, names, out / "drawn")
     print(f"{len(run_.predictions)} images, {len(results)} detections above {args.threshold}; "
           f"{len(run_.skipped)} unreadable file(s) skipped" + "".join(f"\n  skipped {p}: {why}"

@@ -14,18 +14,17 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
-from .cli import add_dataclass_arguments
-from .engine.logging import setup_console
-from .ssl.config import PretrainConfig
+from .cli import parse_settings
+from .config import PretrainConfig
 
 log = logging.getLogger(__name__)
 
 
-def crop_encoder(vit: torch.nn.Module, device: torch.device):
+def crop_encoder(vit, device):
     """crops [N, 3, S, S] in 0..1 -> [N, 2D]: CLS token and mean patch token (as DINOv2's linear probes)."""
-    from .backbones.dino import imagenet_normalise
+    import torch
+
+    from .backbones.vit import imagenet_normalise
 
     patch = vit.config.patch_size
     prefix = 1 + getattr(vit.config, "num_register_tokens", 0)
@@ -42,49 +41,43 @@ def crop_encoder(vit: torch.nn.Module, device: torch.device):
 
 
 def evaluate_knn(cfg: PretrainConfig) -> dict:
-    from .backbones.dino import load_vit
     from .backbones.encoder_file import load_encoder
-    from .engine.trainer import resolve_device, seed_everything
+    from .backbones.vit import load_vit
+    from .runtime.device import resolve_device, seed_everything
     from .ssl.knn import knn_report, object_crops
 
-    if not (cfg.images and cfg.annotations and cfg.val_annotations):
+    k, images = cfg.knn, cfg.data.images
+    if not (images and k.annotations and k.val_annotations):
         raise ValueError("--eval_knn needs --images, --annotations (training crops) and --val_annotations")
-    seed_everything(cfg.seed)
-    vit = load_encoder(cfg.encoder) if cfg.encoder else load_vit(cfg.arch, cfg.pretrained)
-    train_x, train_y, names = object_crops(cfg.images[0], cfg.annotations, cfg.knn_crop_size)
-    val_x, val_y, val_names = object_crops(cfg.val_images or cfg.images[0], cfg.val_annotations, cfg.knn_crop_size)
+    seed_everything(cfg.run.seed)
+    vit = load_encoder(k.encoder) if k.encoder else load_vit(cfg.model.arch, pretrained=cfg.model.pretrained)
+    train_x, train_y, names = object_crops(images[0], k.annotations, k.knn_crop_size)
+    val_x, val_y, val_names = object_crops(k.val_images or images[0], k.val_annotations, k.knn_crop_size)
     if val_names != names:
         raise ValueError(f"validation classes {val_names} differ from training classes {names}")
-    report = knn_report(crop_encoder(vit, resolve_device(cfg.device)), (train_x, train_y), (val_x, val_y), names,
-                        k=cfg.knn_k)
-    report["encoder"] = cfg.encoder or (cfg.arch if cfg.pretrained else f"{cfg.arch} (random initialisation)")
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    out = Path(cfg.output_dir) / "knn_metrics.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"k-NN (k={cfg.knn_k}) balanced accuracy {report['balanced_accuracy']:.4f}, accuracy "
-          f"{report['accuracy']:.4f}, per class {report['per_class_recall']} -> {out}")
+    report = knn_report(crop_encoder(vit, resolve_device(cfg.run.device)), (train_x, train_y), (val_x, val_y), names,
+                        k=k.knn_k)
+    report["encoder"] = k.encoder or (cfg.model.arch if cfg.model.pretrained
+                                      else f"{cfg.model.arch} (random initialisation)")
+    out = Path(cfg.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "knn_metrics.json").write_text(json.dumps(report, indent=2))
+    print(f"k-NN (k={k.knn_k}) balanced accuracy {report['balanced_accuracy']:.4f}, accuracy "
+          f"{report['accuracy']:.4f}, per class {report['per_class_recall']} -> {out / 'knn_metrics.json'}")
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", dest="config_file", default=None, help="YAML file of settings")
-    add_dataclass_arguments(parser, PretrainConfig, "pretraining")
-    args = vars(parser.parse_args(argv))
-    cfg = PretrainConfig()
-    config_file = args.pop("config_file")
-    if config_file:
-        import yaml
-        cfg.update(yaml.safe_load(Path(config_file).read_text()) or {})
-    cfg.update({k: v for k, v in args.items() if v is not None})
+    cfg, _ = parse_settings(PretrainConfig, argv, description=__doc__.splitlines()[0],
+                            epilog="\n".join(__doc__.splitlines()[2:]), config_file=True)
+    from .runtime.logging import setup_console
     setup_console()
-    from .backbones.dino import PretrainedUnavailableError
-    from .engine.distributed import close_distributed
+    from .backbones.vit import PretrainedUnavailableError
+    from .runtime.distributed import close_distributed
+    from .spec import resolve_pretrain
     try:
-        if cfg.eval_knn:
+        cfg = resolve_pretrain(cfg)
+        if cfg.knn.eval_knn:
             evaluate_knn(cfg)
             return 0
         from .ssl.pretrainer import Pretrainer

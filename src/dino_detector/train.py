@@ -8,19 +8,18 @@ import logging
 import os
 import sys
 
-from .cli import add_config_arguments, base_parser, config_from_args
-from .engine.logging import setup_console
+from .cli import parse_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("Train / evaluate a DINO-backbone DETR detector.")
-    add_config_arguments(parser)
-    cfg = config_from_args(parser.parse_args(argv))
+    cfg, _ = parse_config(argv, "Train / evaluate a DETR-style detector on a DINOv2, DINOv3 or flexible-encoder "
+                                "backbone.", epilog=__doc__.split("\n\n", 1)[1])
+    from .runtime.logging import setup_console
     setup_console(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
-    from .backbones.dino import PretrainedUnavailableError
+    from .backbones.vit import PretrainedUnavailableError
     from .data.download import DownloadError, UnsafeArchiveError
-    from .engine.distributed import close_distributed
     from .engine.trainer import Trainer
+    from .runtime.distributed import close_distributed
     try:
         metrics = Trainer(cfg).fit()
     except (PretrainedUnavailableError, FileNotFoundError, ValueError, DownloadError, UnsafeArchiveError) as err:

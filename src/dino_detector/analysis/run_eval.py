@@ -6,11 +6,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config
+import dataclasses
+
+from ..config import DataConfig
 from ..data.build import make_loader, open_source
 from ..data.coco import CocoDetection
 from ..engine.evaluator import predict_dataset, score_results
-from ..engine.trainer import resolve_device
+from ..runtime.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -22,22 +24,22 @@ class Evaluation:
     dataset: CocoDetection  # .coco (ground truth), .images_dir, .ids
 
 
-def evaluate_model(model_path: str | Path, images: str | None, annotations: str, data_format: str = "auto",
+def evaluate_model(model_path: str | Path, *, images: str | None, annotations: str, data_format: str = "auto",
                    score_threshold: float = 0.5, batch_size: int = 4, device: str = "auto",
-                   num_workers: int = -1) -> Evaluation:
+                   num_workers: int = -1, seed: int = 0) -> Evaluation:
     """Predict every image of the annotated set at the sizes the model was trained with, then score."""
-    from ..models.detector import DINOv2ObjectDetector
+    from ..models.detector import ObjectDetector
 
-    model = DINOv2ObjectDetector.from_pretrained(model_path)
+    model = ObjectDetector.from_pretrained(model_path)
     source = open_source(images, annotations, data_format, "val", model.class_names)
-    dataset = CocoDetection(source.images, source.annotations, model.data_config, train=False, name=source.name)
+    sizes = DataConfig(**dataclasses.asdict(model.resize))  # evaluation transform: the model's sizes only
+    dataset = CocoDetection(source.images, source.coco, sizes, train=False, name=source.name)
     if dataset.category_ids != model.category_ids:
         raise ValueError(f"the annotations' category ids {dataset.category_ids} differ from the model's "
                          f"{model.category_ids} ({model_path}); evaluate on data with the training categories")
-    cfg = Config()
-    cfg.train.batch_size, cfg.data.num_workers = batch_size, num_workers
     run_device = resolve_device(device)
-    loader = make_loader(dataset, cfg, run_device, shuffle=False)
+    loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=run_device, shuffle=False,
+                         seed=seed)
     log.info("evaluating %s on %d images of %s", model_path, len(dataset), source.name)
     results = predict_dataset(model.to(run_device), loader, run_device, model.category_ids)
     metrics, table = score_results(dataset.coco, results, score_threshold, dataset.ids, pr_curves=True)

@@ -7,26 +7,9 @@ import re
 from torch import nn
 
 log = logging.getLogger(__name__)
-BACKBONE_MODES = ("auto", "frozen", "lora", "full")
 # The masked-image-modelling token of DINOv2 / DINOv3: detection never masks patches, so it never gets a
 # gradient; kept frozen so DDP need not search every step for parameters without gradients.
 UNUSED_IN_DETECTION = ("mask_token",)
-
-
-def resolve_backbone_mode(mode: str, pretrained: bool, dino_model: str) -> str:
-    """'auto' adapts published pretrained weights with LoRA; random weights (tiny, flexible-*,
-    --no_pretrained) and our own small pretrained encoders (``pretrain`` files) are trained fully, since
-    low-rank updates of random features cannot learn a useful representation."""
-    if mode not in BACKBONE_MODES:
-        raise ValueError(f"backbone_mode must be one of {BACKBONE_MODES}, got '{mode}'")
-    if mode != "auto":
-        return mode
-    from .encoder_file import encoder_path
-    from .flexible import is_flexible
-
-    # our own encoders (random flexible ones, or pretrained on the user's domain) are small: train them fully
-    own = dino_model == "tiny" or is_flexible(dino_model) or encoder_path(dino_model) is not None
-    return "lora" if pretrained and not own else "full"
 
 
 def lora_target_regex(block_prefix: str, num_blocks: int, modules: list[str], last_n_blocks: int) -> str:
@@ -38,7 +21,7 @@ def lora_target_regex(block_prefix: str, num_blocks: int, modules: list[str], la
     return rf".*{prefix}\.({blocks})\..*({names})$"
 
 
-def apply_backbone_mode(backbone: nn.Module, mode: str, rank: int, alpha: int, dropout: float,
+def apply_backbone_mode(backbone: nn.Module, *, mode: str, rank: int, alpha: int, dropout: float,
                         target_modules: list[str], last_n_blocks: int) -> None:
     """Freeze / wrap with LoRA / leave trainable, in place on ``backbone.vit``."""
     if mode == "full":

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..runtime.checkpoint import save_atomic
 from .flexible import FlexibleEncoder, is_flexible
 
 ENCODER_FILE = "encoder_final.pth"
@@ -41,21 +42,32 @@ def build_from_spec(spec: dict) -> nn.Module:
 
 
 def save_encoder(vit: nn.Module, arch: str, path: str | Path, extra: dict | None = None) -> None:
-    from ..engine.checkpoint import save_atomic
-
     save_atomic({"format": FORMAT, **encoder_spec(vit, arch), "state_dict": vit.state_dict(), **(extra or {})},
                 path)
 
 
-def load_encoder(path: str | Path, weights: bool = True) -> nn.Module:
-    """The encoder saved at ``path`` (``weights=False``: its architecture with random weights)."""
+def _read(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"encoder checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # memory-mapped: reading the architecture does not read the weights
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise ValueError(f"cannot read encoder checkpoint {path}: {err}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not an encoder written by `python -m dino_detector.pretrain` "
                          f"(format '{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__}')")
+    return ckpt
+
+
+def read_encoder_arch(path: str | Path) -> str:
+    """The ``--arch`` the encoder at ``path`` was pretrained as (a flexible name, a table name or a folder)."""
+    return str(_read(path)["arch"])
+
+
+def load_encoder(path: str | Path, weights: bool = True) -> nn.Module:
+    """The encoder saved at ``path`` (``weights=False``: its architecture with random weights)."""
+    ckpt = _read(path)
     vit = build_from_spec(ckpt)
     if weights:
         vit.load_state_dict(ckpt["state_dict"])

@@ -9,7 +9,7 @@ ties the encoder to a training resolution. ``maps()`` returns the stride 8, 16 a
 It speaks the ``transformers`` ViT interface the rest of the package uses for DINOv2 / DINOv3
 (``forward(pixel_values, bool_masked_pos, output_hidden_states)`` -> ``last_hidden_state`` with a CLS
 token first; modules named ``embeddings``, ``encoder.layer.N`` with ``q_proj/k_proj/v_proj/o_proj`` and
-``mlp.fc1/fc2``, ``layernorm``), so DinoBackbone, LoRA targets, layer-wise LR decay and the SSL code work
+``mlp.fc1/fc2``, ``layernorm``), so ViTBackbone, LoRA targets, layer-wise LR decay and the SSL code work
 on it unchanged.
 """
 from __future__ import annotations
@@ -21,12 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# name -> (hidden size, blocks, heads, stem widths at strides 2/4 and 8)
-FLEXIBLE_ARCHITECTURES = {
-    "flexible-tiny": (192, 6, 3, 32, 96),
-    "flexible-small": (384, 12, 6, 48, 192),
-    "flexible-base": (768, 12, 12, 64, 256),
-}
+from .catalog import FLEXIBLE_ARCHITECTURES
+
 PATCH = 16  # the ViT grid's stride in pixels
 MLP_RATIO = 4
 
@@ -137,7 +133,7 @@ class FlexibleEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None,
                 output_hidden_states: bool = False) -> EncoderOutput:
-        """pixel_values [B, 3, H, W], H and W multiples of 16 (DinoBackbone pads); bool_masked_pos [B, h*w]."""
+        """pixel_values [B, 3, H, W], H and W multiples of 16 (ViTBackbone pads); bool_masked_pos [B, h*w]."""
         x, _, _ = self.embeddings(pixel_values, bool_masked_pos)
         states = [x]
         for block in self.encoder.layer:

@@ -6,7 +6,7 @@ the global blocks (evenly spaced, the last included) attend over the whole image
 crosses tiles. Attention costs O(N^2): with 2 x 2 tiles a windowed block spends a quarter of a global
 block on attention; the per-token projections and MLP are unchanged. The weights are the ViT's own, so a
 pretrained DINOv2 can run windowed too (its features then differ slightly from full attention, which
-stays the default for pretrained weights; see ``ModelConfig.backbone_attention``).
+stays the default for pretrained weights; resolve.py's ``resolve_backbone_attention`` decides).
 
 Runs the transformers blocks one by one (``encoder.layer[i](hidden)``), so LoRA adapters injected by
 peft and frozen / trainable settings apply unchanged.
@@ -15,22 +15,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-
-ATTENTION_MODES = ("full", "windowed", "auto")
-
-
-def resolve_backbone_attention(mode: str, random_weights: bool, dinov2: bool) -> str:
-    """'auto' is windowed for a DINOv2 architecture with random weights (nothing to preserve) and full
-    attention for pretrained weights, whose features were learnt with it."""
-    if mode not in ATTENTION_MODES:
-        raise ValueError(f"backbone_attention must be one of {ATTENTION_MODES}, got '{mode}'")
-    if mode == "auto":
-        return "windowed" if random_weights and dinov2 else "full"
-    if mode == "windowed" and not dinov2:
-        raise ValueError("backbone_attention 'windowed' needs a DINOv2 backbone (tiny or a facebook/dinov2-* "
-                         "architecture); DINOv3's rotary positions and the flexible encoder are not supported")
-    return mode
 
 
 def global_block_ids(depth: int, count: int) -> set[int]:

@@ -24,11 +24,13 @@ from .transforms import DetectionTransform
 log = logging.getLogger(__name__)
 
 
-def load_coco(annotation_file: str | Path | dict):
-    """A pycocotools COCO object from a file or an in-memory COCO dict, with a clear error for a missing
-    or malformed file."""
+def load_coco(annotation_file):
+    """A pycocotools COCO object from a file, an in-memory COCO dict or a COCO object (returned as it is),
+    with a clear error for a missing or malformed file."""
     from pycocotools.coco import COCO
 
+    if isinstance(annotation_file, COCO):
+        return annotation_file
     if isinstance(annotation_file, dict):
         coco = COCO()
         coco.dataset = annotation_file
@@ -52,11 +54,12 @@ class CocoDetection(Dataset):
     """Items: (image [3, h, w] float 0..1, target) with target boxes (cx, cy, w, h) relative to the
     transformed image, labels (contiguous), image_id and orig_size (h, w)."""
 
-    def __init__(self, images_dir: str | Path, annotation_file: str | Path | dict, cfg: DataConfig, train: bool,
+    def __init__(self, images_dir: str | Path, annotation_file, cfg: DataConfig, train: bool,
                  image_ids: list[int] | None = None, limit: int = 0, name: str | None = None):
-        """``annotation_file``: a COCO JSON path or a COCO dict (VOC / YOLO / HF sources are converted to
-        one); ``name`` labels the dataset in messages."""
-        self.name = name or ("dataset" if isinstance(annotation_file, dict) else str(annotation_file))
+        """``annotation_file``: a COCO JSON path, a COCO dict (VOC / YOLO / HF sources are converted to one) or
+        an already loaded pycocotools COCO; ``cfg``: the data section (sizes, augmentation); ``name`` labels
+        the dataset in messages."""
+        self.name = name or (str(annotation_file) if isinstance(annotation_file, (str, Path)) else "dataset")
         self.images_dir = Path(images_dir)
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.images_dir}")

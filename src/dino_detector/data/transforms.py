@@ -8,6 +8,8 @@ after which every box is re-fitted around its rotated corners and clipped to the
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -18,7 +20,22 @@ DETR_SHORT_SIDES = tuple(range(480, 801, 32))  # DETR's multi-scale training siz
 SCALE_FACTORS = tuple(s / DETR_SHORT_SIDES[-1] for s in DETR_SHORT_SIDES)
 
 
-def resize_shape(h: int, w: int, cfg: DataConfig, factor: float = 1.0) -> tuple[int, int]:
+@dataclass(frozen=True)
+class Resize:
+    """The image sizes a model is trained and evaluated at (the three size fields of ``DataConfig``): all a
+    model keeps of the data settings, so that ``predict`` resizes as training did."""
+    image_size: int = DataConfig.image_size
+    min_size: int = DataConfig.min_size
+    max_size: int = DataConfig.max_size
+
+    @classmethod
+    def of(cls, settings) -> "Resize":
+        """From anything with the three fields (a ``DataConfig``, a ``Resize``) or a dict of them."""
+        get = settings.get if isinstance(settings, dict) else lambda k, d: getattr(settings, k, d)
+        return cls(*(int(get(k, getattr(cls, k))) for k in ("image_size", "min_size", "max_size")))
+
+
+def resize_shape(h: int, w: int, cfg: DataConfig | Resize, factor: float = 1.0) -> tuple[int, int]:
     """Target (h, w), aspect ratio kept: longer side = image_size if set, else shorter = min_size capped
     so the longer side stays <= max_size (DETR recipe); ``factor`` scales the result (multi-scale)."""
     if cfg.image_size > 0:
@@ -29,7 +46,7 @@ def resize_shape(h: int, w: int, cfg: DataConfig, factor: float = 1.0) -> tuple[
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def resize_for_inference(image: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
+def resize_for_inference(image: torch.Tensor, cfg: DataConfig | Resize) -> torch.Tensor:
     h, w = resize_shape(image.shape[-2], image.shape[-1], cfg)
     return v2.functional.resize(image, [h, w], antialias=True)
 

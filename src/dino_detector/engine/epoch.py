@@ -12,14 +12,18 @@ import itertools
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from torchvision.ops import box_convert
 from tqdm import tqdm
 
 from ..models.postprocess import postprocess
-from .distributed import sum_across_processes
-from .memory import memory_stats
+from ..runtime.distributed import sum_across_processes
+from ..runtime.memory import memory_stats
+from ..runtime.schedule import Clock, Schedule
+from .optim import apply_lr
+from .run import RunContext
 
 IMAGE_LOG_THRESHOLD = 0.3  # predicted boxes drawn in logged images: score at least this (top 20)
 
@@ -48,81 +52,121 @@ def to_device(images, targets, device):
     return images, targets
 
 
-def train_one_epoch(tr, loader, epoch: int, deadline: float | None) -> tuple[dict, bool, int]:
-    """One pass over ``loader`` for Trainer ``tr``. Returns (mean losses, stopped by the time budget,
-    images seen by all processes)."""
-    t, dist_info, device = tr.cfg.train, tr.dist, tr.device
-    accum, world = max(1, t.grad_accum_steps), dist_info.world_size
-    tr.ddp.train()
+@dataclass
+class TrainState:
+    """What an epoch reads and advances: the model (and the module the step calls: it, or its DDP wrapper),
+    the criterion, optimizer, gradient scaler, EMA, lr schedule, and the step / training-time counters."""
+    model: torch.nn.Module
+    module: torch.nn.Module
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: torch.nn.Module | None
+    schedule: Schedule
+    step: int = 0
+    elapsed: float = 0.0  # seconds of training so far (resumed runs included; evaluation excluded)
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """The training section's values an epoch uses."""
+    epochs: int
+    accum_steps: int = 1
+    grad_clip: float = 0.0
+    amp_dtype: torch.dtype | None = None
+    log_frequency: int = 10
+    log_images_frequency: int = 0  # 0: no training images in TensorBoard
+
+    @classmethod
+    def of(cls, train, amp_dtype: torch.dtype | None) -> "StepSettings":
+        return cls(epochs=train.epochs, accum_steps=max(1, train.grad_accum_steps), grad_clip=train.grad_clip,
+                   amp_dtype=amp_dtype, log_frequency=train.log_frequency,
+                   log_images_frequency=train.log_images_frequency if train.log_images else 0)
+
+
+@dataclass
+class EpochResult:
+    means: dict  # mean total and final-layer losses over the epoch's steps
+    out_of_time: bool  # stopped by the time budget
+    images: int  # images seen by all processes
+
+
+def train_one_epoch(state: TrainState, loader, *, epoch: int, settings: StepSettings, run: RunContext) -> EpochResult:
+    """One pass over ``loader``, advancing ``state``; stops early (every process at the same step) when the
+    run's time budget is spent."""
+    device, world, accum = run.device, run.dist.world_size, settings.accum_steps
+    state.module.train()
     sums: dict[str, float] = {}
     n = images_seen = 0
     out_of_time = False
     started = time.time()
     total = math.ceil(len(loader) / accum)
-    bar = tqdm(windows(loader, accum), total=total, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
-               dynamic_ncols=True, disable=not dist_info.is_main)
-    tr.optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(windows(loader, accum), total=total, desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False,
+               dynamic_ncols=True, disable=not run.is_main)
+    state.optimizer.zero_grad(set_to_none=True)
     step_started = started
     for w, window in enumerate(bar):
-        lrs = tr.schedule.apply(tr.optimizer, tr.step, epoch, tr.elapsed + time.time() - started)
+        lrs = apply_lr(state.optimizer, state.schedule, Clock(state.step, epoch, state.elapsed + time.time() - started))
         boxes, images = sum_across_processes([sum(len(tg["labels"]) for _, tgs in window for tg in tgs),
                                               sum(len(ims) for ims, _ in window)], device)
         step_losses: dict[str, torch.Tensor] = {}
         for j, (images_j, targets_j) in enumerate(window):
             images_j, targets_j = to_device(images_j, targets_j, device)
             sync = j == len(window) - 1 or world == 1
-            with nullcontext() if sync else tr.ddp.no_sync():
-                with torch.autocast(device.type, dtype=tr.amp_dtype or torch.float32, enabled=t.amp):
-                    outputs = tr.ddp(images_j, targets_j)  # targets: for denoising queries
+            with nullcontext() if sync else state.module.no_sync():
+                with torch.autocast(device.type, dtype=settings.amp_dtype or torch.float32,
+                                    enabled=settings.amp_dtype is not None):
+                    outputs = state.module(images_j, targets_j)  # targets: for denoising queries
                 outputs = to_float(outputs)
-                losses = tr.criterion(outputs, targets_j, boxes / world, images / world)
-                loss = tr.criterion.total(losses, outputs)
-                tr.scaler.scale(loss).backward()
+                losses = state.criterion(outputs, targets_j, boxes / world, images / world)
+                loss = state.criterion.total(losses, outputs)
+                state.scaler.scale(loss).backward()
             for k, v in [*losses.items(), ("loss", loss)]:
                 step_losses[k] = step_losses.get(k, 0.0) + v.detach()
         keys = sorted(step_losses)
         values = sum_across_processes([float(step_losses[k]) for k in keys], device)
         main = {k: v / world for k, v in zip(keys, values)}  # the loss of the whole step, all processes
         if not math.isfinite(main["loss"]):
-            raise FloatingPointError(f"loss is {main['loss']} at epoch {epoch + 1}, step {tr.step}: "
-                                     f"{ {k: round(v, 4) for k, v in main.items() if k.count('_') == 1} }")
-        if t.grad_clip > 0:
-            tr.scaler.unscale_(tr.optimizer)
-            torch.nn.utils.clip_grad_norm_(tr.model.parameters(), t.grad_clip)
-        tr.scaler.step(tr.optimizer)
-        tr.scaler.update()
-        if tr.ema is not None:
-            tr.ema.update_parameters(tr.model)
+            final = {k: round(v, 4) for k, v in state.criterion.final_losses(main).items()}
+            raise FloatingPointError(f"loss is {main['loss']} at epoch {epoch + 1}, step {state.step}: {final}")
+        if settings.grad_clip > 0:
+            state.scaler.unscale_(state.optimizer)
+            torch.nn.utils.clip_grad_norm_(state.model.parameters(), settings.grad_clip)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        if state.ema is not None:
+            state.ema.update_parameters(state.model)
         if w == total - 1:
-            tr.logger.histograms(tr.model, tr.step)  # gradients of the epoch's last step, before clearing
-        tr.optimizer.zero_grad(set_to_none=True)
-        tr.step += 1
+            run.logger.histograms(state.model, state.step)  # gradients of the epoch's last step, before clearing
+        state.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
         images_seen += int(images)
         for k, v in main.items():
             sums[k] = sums.get(k, 0.0) + v
         n += 1
         head_lr = lrs.get("head", next(iter(lrs.values())))
         bar.set_postfix(loss=f"{main['loss']:.3f}", lr=f"{head_lr:.1e}")
-        if tr.step % t.log_frequency == 0:
-            tr.logger.scalars(main, tr.step, "train")
-            tr.logger.scalars(lrs, tr.step, "lr")
-            tr.logger.scalars(memory_stats(device), tr.step, "memory")
-            tr.logger.scalars({"images_per_s": images / max(time.time() - step_started, 1e-9)}, tr.step, "perf")
+        if state.step % settings.log_frequency == 0:
+            run.logger.scalars(main, state.step, "train")
+            run.logger.scalars(lrs, state.step, "lr")
+            run.logger.scalars(memory_stats(device), state.step, "memory")
+            run.logger.scalars({"images_per_s": images / max(time.time() - step_started, 1e-9)}, state.step, "perf")
         step_started = time.time()  # the next step's time includes loading its batches
-        if t.log_images and tr.step % t.log_images_frequency == 0:
-            log_training_image(tr, images_j[0], targets_j[0], outputs)
-        if deadline is not None and sum_across_processes([float(time.time() >= deadline)], device)[0] > 0:
+        if settings.log_images_frequency and state.step % settings.log_images_frequency == 0:
+            log_training_image(run, state, images_j[0], targets_j[0], outputs)
+        if run.out_of_time(state.elapsed + time.time() - started):
             out_of_time = True  # every process stops at the same step
             break
-    tr.elapsed += time.time() - started
+    state.elapsed += time.time() - started
     # epoch means of the total and the final layer's terms (auxiliary ones are in TensorBoard)
-    return {k: v / max(n, 1) for k, v in sums.items() if k.count("_") <= 1}, out_of_time, images_seen
+    means = {k: v / max(n, 1) for k, v in {**state.criterion.final_losses(sums), "loss": sums.get("loss", 0.0)}.items()}
+    return EpochResult(means, out_of_time, images_seen)
 
 
-def log_training_image(tr, image: torch.Tensor, target: dict, outputs: dict) -> None:
+def log_training_image(run: RunContext, state: TrainState, image: torch.Tensor, target: dict, outputs: dict) -> None:
     """The batch's first image with its true boxes (green) and the current predictions (red)."""
     h, w = image.shape[-2:]
     first = {"pred_logits": outputs["pred_logits"][:1].detach(), "pred_boxes": outputs["pred_boxes"][:1].detach()}
-    det = postprocess(first, [(h, w)], top_k=20, threshold=IMAGE_LOG_THRESHOLD, softmax=tr.model.softmax)[0]
+    det = postprocess(first, [(h, w)], top_k=20, threshold=IMAGE_LOG_THRESHOLD, softmax=state.model.softmax)[0]
     true = box_convert(target["boxes"], "cxcywh", "xyxy") * torch.tensor([w, h, w, h], device=image.device)
-    tr.logger.image("images/train", image, true, det["boxes"], tr.step)
+    run.logger.image("images/train", image, true, det["boxes"], state.step)

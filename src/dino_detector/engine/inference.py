@@ -43,8 +43,8 @@ class PredictionRun:
 class ImageFiles(Dataset):
     """(resized [3, h, w] tensor, (height, width) original, index); None for a file that fails to decode."""
 
-    def __init__(self, paths: list[Path], data_config):
-        self.paths, self.data_config = paths, data_config
+    def __init__(self, paths: list[Path], resize):
+        self.paths, self.resize = paths, resize
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -54,7 +54,7 @@ class ImageFiles(Dataset):
             image = to_tensor_image(load_image(self.paths[i]))
         except ImageReadError as err:
             return None, str(err), i
-        return resize_for_inference(image, self.data_config), tuple(image.shape[-2:]), i
+        return resize_for_inference(image, self.resize), tuple(image.shape[-2:]), i
 
 
 def readable_images(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -87,13 +87,13 @@ def prepare_model(model: torch.nn.Module, device: torch.device, compile_model: b
     return model
 
 
-def predict_files(model, paths: list[Path], device: torch.device, batch_size: int = 4, threshold: float = 0.5,
+def predict_files(model, paths: list[Path], device: torch.device, *, batch_size: int = 4, threshold: float = 0.5,
                   top_k: int = 100, num_workers: int = 0, progress: bool = True) -> PredictionRun:
     """Detections for every readable file of ``paths``; the others are listed in ``skipped``."""
     files, skipped = readable_images(paths)
     for path, why in skipped:
         log.warning("skipped %s: %s", path, why)
-    loader = DataLoader(ImageFiles(files, model.data_config), batch_size=batch_size, num_workers=num_workers,
+    loader = DataLoader(ImageFiles(files, model.resize), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=list)
     run = PredictionRun([], skipped)
     with torch.inference_mode(), tqdm(total=len(files), desc="predict", unit="img", disable=not progress,

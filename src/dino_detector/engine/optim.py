@@ -1,4 +1,4 @@
-"""Optimizer parameter groups and the learning-rate schedule.
+"""Optimizer parameter groups and the learning-rate schedule (a runtime ``Schedule`` of one factor).
 
 Groups are named (``head``, ``backbone`` or, with layer-wise decay, ``backbone.layer{i}``) and carry their
 undecayed rate as ``base_lr``; the schedule multiplies every group's ``base_lr`` by one factor per step.
@@ -13,6 +13,8 @@ import re
 
 import torch
 from torch import nn
+
+from ..runtime.schedule import Clock, Schedule
 
 SCHEDULES = ("step", "cosine")
 _BLOCK_INDEX = re.compile(r"\.layers?\.(\d+)\.")  # DINOv2: encoder.layer.N, DINOv3: model.layer.N
@@ -45,7 +47,7 @@ def head_group(model: nn.Module, lr: float) -> list[dict]:
     return [{"name": "head", "params": params, "base_lr": lr}] if params else []
 
 
-def build_optimizer(model: nn.Module, lr: float, backbone_lr: float, layer_decay: float,
+def build_optimizer(model: nn.Module, *, lr: float, backbone_lr: float, layer_decay: float,
                     weight_decay: float) -> torch.optim.AdamW:
     """AdamW over the head and backbone groups. The fused kernel updates every tensor in one pass: on CPU a
     DINOv2-S step's update is several times faster than the per-tensor loop."""
@@ -55,41 +57,26 @@ def build_optimizer(model: nn.Module, lr: float, backbone_lr: float, layer_decay
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused)
 
 
-class LRSchedule:
-    """Linear warm-up over ``warmup_steps`` optimizer steps, then either
-    - ``step``: ``base_lr`` until the drop (``drop_epoch``, or 0: after ``fraction`` of the epochs or of
-      the time budget, whichever comes first), then ``base_lr * drop_factor``; or
-    - ``cosine``: from ``base_lr`` down to ``base_lr * min_factor`` over the run (its steps, or its time
-      budget when that ends sooner).
-    """
+def lr_schedule(*, kind: str, epochs: int, steps_per_epoch: int, warmup_steps: int = 0, drop_epoch: int = 0,
+                drop_factor: float = 0.1, drop_fraction: float = 0.67, budget_s: float = 0.0,
+                min_factor: float = 0.01) -> Schedule:
+    """The factor every group's ``base_lr`` is multiplied by: linear warm-up over ``warmup_steps`` optimizer
+    steps, then either
+    - ``step``: 1 until the drop (``drop_epoch``, or 0: after ``drop_fraction`` of the epochs; with a time
+      budget also after ``drop_fraction`` of it, whichever comes first), then ``drop_factor``; or
+    - ``cosine``: from 1 down to ``min_factor`` over the run (its steps, or its time budget when that ends
+      sooner)."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got '{kind}'")
+    return Schedule(base=1.0, kind=kind, final=min_factor, total_steps=max(1, epochs * steps_per_epoch),
+                    budget_s=budget_s, warmup_steps=warmup_steps,
+                    drop_epoch=drop_epoch if drop_epoch > 0 else max(1, math.ceil(epochs * drop_fraction)),
+                    drop_budget_fraction=drop_fraction, drop_factor=drop_factor)
 
-    def __init__(self, kind: str, epochs: int, steps_per_epoch: int, warmup_steps: int = 0,
-                 drop_epoch: int = 0, drop_factor: float = 0.1, fraction: float = 0.67, budget_s: float = 0.0,
-                 min_factor: float = 0.01):
-        if kind not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got '{kind}'")
-        self.kind, self.warmup_steps, self.min_factor = kind, warmup_steps, min_factor
-        self.total_steps = max(1, epochs * steps_per_epoch)
-        self.drop_factor, self.budget_s, self.fraction = drop_factor, budget_s, fraction
-        self.drop_epoch = drop_epoch if drop_epoch > 0 else max(1, math.ceil(epochs * fraction))
 
-    def progress(self, step: int, elapsed_s: float) -> float:
-        done = step / self.total_steps
-        if self.budget_s > 0:
-            done = max(done, elapsed_s / self.budget_s)
-        return min(1.0, done)
-
-    def factor(self, step: int, epoch: int, elapsed_s: float) -> float:
-        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
-        if self.kind == "cosine":
-            cos = 0.5 * (1 + math.cos(math.pi * self.progress(step, elapsed_s)))
-            return warm * (self.min_factor + (1 - self.min_factor) * cos)
-        dropped = epoch >= self.drop_epoch or (self.budget_s > 0 and elapsed_s >= self.budget_s * self.fraction)
-        return warm * (self.drop_factor if dropped else 1.0)
-
-    def apply(self, optimizer, step: int, epoch: int, elapsed_s: float) -> dict[str, float]:
-        """Sets every group's lr; returns {group name: lr}."""
-        f = self.factor(step, epoch, elapsed_s)
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * f
-        return {g["name"]: g["lr"] for g in optimizer.param_groups}
+def apply_lr(optimizer, schedule: Schedule, clock: Clock) -> dict[str, float]:
+    """Sets every group's lr to its ``base_lr`` times the schedule's factor; returns {group name: lr}."""
+    factor = schedule(clock)
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    return {g["name"]: g["lr"] for g in optimizer.param_groups}

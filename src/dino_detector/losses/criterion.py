@@ -26,7 +26,7 @@ class SetCriterion(nn.Module):
     learns the object it was noised from (``indices``), the rest learn "no object"; normalised by the number
     of groups times the number of boxes."""
 
-    def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
+    def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float], *,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, softmax: bool = False,
                  no_object_weight: float = 0.1, box_loss: str = "l1", smooth_l1_beta: float = 0.1,
                  iou_aware: bool = False, vfl_alpha: float = 0.75, one_to_many: int = 1):
@@ -45,6 +45,16 @@ class SetCriterion(nn.Module):
         class_weight = torch.ones(num_classes + 1)
         class_weight[-1] = no_object_weight
         self.register_buffer("class_weight", class_weight, persistent=False)
+
+    @property
+    def final_terms(self) -> tuple[str, ...]:
+        """The loss keys of the final decoder layer; every other key is one of them plus a suffix (``_i``
+        auxiliary layer, ``_enc`` proposals, ``_hybrid``, ``_dn``)."""
+        return tuple(self.base_weights)
+
+    def final_losses(self, losses: dict) -> dict:
+        """The final layer's terms of ``losses`` (the epoch summaries and validation losses report these)."""
+        return {k: losses[k] for k in self.final_terms if k in losses}
 
     def weight_dict(self, num_aux: int, with_enc: bool = False, with_hybrid: bool = False,
                     with_dn: bool = False) -> dict[str, float]:
@@ -176,11 +186,14 @@ class SetCriterion(nn.Module):
 
 
 def build_criterion(num_classes: int, loss_cfg, softmax: bool = False) -> SetCriterion:
-    """``softmax``: the model's class logits have a "no object" column (``classifier: softmax``)."""
-    matcher = HungarianMatcher(loss_cfg.set_cost_class, loss_cfg.set_cost_bbox, loss_cfg.set_cost_giou,
-                               loss_cfg.focal_alpha, loss_cfg.focal_gamma, softmax)
+    """The criterion of a run's ``loss`` section (a LossConfig). ``softmax``: the model's class logits have a
+    "no object" column (``classifier: softmax``)."""
+    matcher = HungarianMatcher(cost_class=loss_cfg.set_cost_class, cost_bbox=loss_cfg.set_cost_bbox,
+                               cost_giou=loss_cfg.set_cost_giou, alpha=loss_cfg.focal_alpha,
+                               gamma=loss_cfg.focal_gamma, softmax=softmax)
     weights = {"loss_ce": loss_cfg.cls_loss_coef, "loss_bbox": loss_cfg.bbox_loss_coef,
                "loss_giou": loss_cfg.giou_loss_coef}
-    return SetCriterion(num_classes, matcher, weights, loss_cfg.focal_alpha, loss_cfg.focal_gamma, softmax,
-                        loss_cfg.no_object_weight, loss_cfg.box_loss, loss_cfg.smooth_l1_beta, loss_cfg.iou_aware,
-                        loss_cfg.vfl_alpha, loss_cfg.one_to_many)
+    return SetCriterion(num_classes, matcher, weights, focal_alpha=loss_cfg.focal_alpha,
+                        focal_gamma=loss_cfg.focal_gamma, softmax=softmax, no_object_weight=loss_cfg.no_object_weight,
+                        box_loss=loss_cfg.box_loss, smooth_l1_beta=loss_cfg.smooth_l1_beta,
+                        iou_aware=loss_cfg.iou_aware, vfl_alpha=loss_cfg.vfl_alpha, one_to_many=loss_cfg.one_to_many)

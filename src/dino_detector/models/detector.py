@@ -1,87 +1,106 @@
-"""DINOv2ObjectDetector: DINO ViT backbone -> projection -> transformer encoder/decoder -> class + box heads."""
+"""ObjectDetector (public name ``DINOv2ObjectDetector``): a ViT backbone (DINOv2, DINOv3 or our flexible
+encoder) -> projection / feature pyramid -> transformer encoder and decoder -> class + box heads.
+
+The detector composes parts from its resolved model section (ARCHITECTURE.md, "the path of an image"); it
+keeps that section, its classes and the image sizes it was trained at, nothing else of a run.
+"""
 from __future__ import annotations
 
 import dataclasses
 import logging
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..backbones.adapters import apply_backbone_mode, count_parameters, resolve_backbone_mode
-from ..backbones.dino import ARCHITECTURES, DinoBackbone
-from ..backbones.windowed import resolve_backbone_attention
+from ..backbones.adapters import apply_backbone_mode, count_parameters
 from ..backbones.pyramid import SimpleFeaturePyramid
-from ..config import DataConfig, ModelConfig
+from ..backbones.resolve import resolve_backbone
+from ..backbones.vit import ViTBackbone
+from ..config import ModelConfig
+from ..data.transforms import Resize
+from .denoising import DenoisingQueries
 from .heads import HeadSpec, inverse_sigmoid
 from .position import map_coordinates, map_position_embedding
 from .postprocess import postprocess
-from .denoising import DenoisingQueries
-from .two_stage import ProposalSelector
 from .transformer import Decoder, DecoderLayer, Encoder, EncoderLayer, FlatLevels
+from .two_stage import ProposalSelector
 
 log = logging.getLogger(__name__)
 INITIAL_BOX_SIZE = 0.1  # initial reference boxes: 10 % of the image side, centres spread uniformly
+DEFAULT_NUM_CLASSES = 80  # the Python API's default (COCO) when neither the arguments nor the config say
 
 
-class DINOv2ObjectDetector(nn.Module):
+def with_classes(cfg: ModelConfig, num_classes: int | None = None, category_ids=None, class_names=None) -> ModelConfig:
+    """``cfg`` with its classes filled in: the arguments, else the config's own, else ``num_classes`` labels
+    0..C-1 named by their ids. Raises ValueError when the three disagree or there is no class."""
+    ids = list(category_ids) if category_ids is not None else list(cfg.category_ids)
+    names = list(class_names) if class_names is not None else list(cfg.class_names)
+    n = num_classes if num_classes is not None else (cfg.num_classes or len(ids) or DEFAULT_NUM_CLASSES)
+    if n < 1:
+        raise ValueError(f"num_classes must be at least 1, got {n}")
+    ids = ids or list(range(n))
+    names = names or [str(c) for c in ids]
+    if len(ids) != n or len(names) != n:
+        raise ValueError(f"category_ids ({len(ids)}) and class_names ({len(names)}) must have num_classes ({n}) "
+                         "entries")
+    return dataclasses.replace(cfg, num_classes=n, category_ids=ids, class_names=names)
+
+
+class ObjectDetector(nn.Module):
     """End-to-end set-prediction detector.
 
     ``forward(images)`` takes a float tensor [B, 3, H, W] in 0..1 (any H, W) or a list of [3, h, w] tensors of
     different sizes, and returns ``pred_logits`` [B, Q, C], ``pred_boxes`` [B, Q, 4] (cx, cy, w, h relative to
     each image's own size) and ``aux_outputs`` (the same for every earlier decoder layer).
+
+    Built from ``config`` (a ModelConfig, resolved here by backbones/resolve.py if it is not yet) with any
+    ModelConfig field as a keyword override; ``resize``: the sizes ``predict`` resizes to (a ``Resize`` or a
+    ``DataConfig``; ``data_config`` is its older name).
     """
 
-    def __init__(self, num_classes: int = 80, dino_model: str | None = None, pretrained: bool | None = None,
+    def __init__(self, num_classes: int | None = None, dino_model: str | None = None, pretrained: bool | None = None,
                  config: ModelConfig | None = None, category_ids: list[int] | None = None,
-                 class_names: list[str] | None = None, data_config: DataConfig | None = None, **overrides):
+                 class_names: list[str] | None = None, resize=None, data_config=None, **overrides):
         super().__init__()
-        cfg = dataclasses.replace(config or ModelConfig(), num_classes=num_classes, **overrides)
+        given = dict(overrides)
         if dino_model is not None:
-            cfg.dino_model = dino_model
+            given["dino_model"] = dino_model
         if pretrained is not None:
-            cfg.pretrained = pretrained
-        if cfg.attention not in ("deformable", "standard"):
-            raise ValueError(f"attention must be 'deformable' or 'standard', got '{cfg.attention}'")
-        if cfg.classifier not in ("sigmoid", "softmax"):
-            raise ValueError(f"classifier must be 'sigmoid' or 'softmax', got '{cfg.classifier}'")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-        self.config = cfg
-        self.data_config = data_config or DataConfig()
-        self.category_ids = list(category_ids) if category_ids is not None else list(range(num_classes))
-        self.class_names = list(class_names) if class_names is not None else [str(c) for c in self.category_ids]
-        if len(self.category_ids) != num_classes or len(self.class_names) != num_classes:
-            raise ValueError("category_ids and class_names must have num_classes entries")
+            given["pretrained"] = pretrained
+        cfg = (config or ModelConfig()).update(given)  # checks names, types and choices
+        self.config = resolve_backbone(with_classes(cfg, num_classes, category_ids, class_names))
+        self.resize = Resize.of(resize if resize is not None else data_config if data_config is not None else Resize())
+        self.backbone_mode = self.config.backbone_mode  # "full" once a frozen first stage is unfrozen
+        self._build(self.config)
 
-        self._resolve_backbone_layout(cfg)
+    def _build(self, cfg: ModelConfig) -> None:
         windows = cfg.backbone_windows if cfg.backbone_attention == "windowed" else 0
-        self.backbone = DinoBackbone(cfg.dino_model, cfg.pretrained, cfg.backbone_feature_layers, cfg.dino_weights,
-                                     windows, cfg.backbone_global_blocks, cfg.backbone_patch_size)
-        self.backbone_mode = resolve_backbone_mode(cfg.backbone_mode, cfg.pretrained or bool(cfg.dino_weights),
-                                                   cfg.dino_model)
-        cfg.backbone_mode = self.backbone_mode  # stored resolved: a reload without hub weights keeps adapters
-        apply_backbone_mode(self.backbone, self.backbone_mode, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
-                            cfg.lora_target_modules, cfg.lora_last_n_blocks)
+        self.backbone = ViTBackbone(cfg.dino_model, pretrained=cfg.pretrained, feature_layers=cfg.backbone_feature_layers,
+                                    weights_file=cfg.dino_weights, windows=windows,
+                                    global_blocks=cfg.backbone_global_blocks, patch_size=cfg.backbone_patch_size,
+                                    arch=cfg.backbone_arch)
+        apply_backbone_mode(self.backbone, mode=cfg.backbone_mode, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                            dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules,
+                            last_n_blocks=cfg.lora_last_n_blocks)
         d = cfg.hidden_dim
         self.pyramid = SimpleFeaturePyramid(self.backbone.num_channels, d, cfg.num_feature_levels)
         self.level_embed = nn.Parameter(torch.randn(cfg.num_feature_levels, d) * 0.02)
-        layer_args = (d, cfg.num_heads, cfg.dim_feedforward, cfg.dropout, cfg.attention, cfg.num_feature_levels,
-                      cfg.num_points)
-        self.encoder = Encoder(EncoderLayer(*layer_args), cfg.encoder_layers)
-        heads = HeadSpec(num_classes, cfg.classifier == "softmax", cfg.class_mlp_layers, cfg.box_mlp_layers,
-                         cfg.head_dropout)
-        self.decoder = Decoder(DecoderLayer(*layer_args, shared_values=cfg.decoder_shared_values),
-                               cfg.decoder_layers, d, heads, cfg.box_refine)
+        layer = dict(dim=d, heads=cfg.num_heads, ffn=cfg.dim_feedforward, dropout=cfg.dropout, attention=cfg.attention,
+                     levels=cfg.num_feature_levels, points=cfg.num_points)
+        self.encoder = Encoder(EncoderLayer(**layer), cfg.encoder_layers)
+        heads = HeadSpec(num_classes=cfg.num_classes, softmax=cfg.classifier == "softmax",
+                         class_layers=cfg.class_mlp_layers, box_layers=cfg.box_mlp_layers, dropout=cfg.head_dropout)
+        self.decoder = Decoder(DecoderLayer(**layer, shared_values=cfg.decoder_shared_values),
+                               num_layers=cfg.decoder_layers, dim=d, heads=heads, box_refine=cfg.box_refine)
         self.proposals = ProposalSelector(d, heads, cfg.num_queries) if cfg.two_stage else None
         if cfg.hybrid_queries < 0:
             raise ValueError(f"hybrid_queries must be >= 0, got {cfg.hybrid_queries}")
         self.query_content = nn.Embedding(cfg.num_queries, d)
         # H-DETR's one-to-many branch: queries that train beside the main ones and are dropped at inference
         self.hybrid_content = nn.Embedding(cfg.hybrid_queries, d) if cfg.hybrid_queries else None
-        self.denoising = (DenoisingQueries(num_classes, d, cfg.dn_queries, cfg.dn_box_noise, cfg.dn_label_noise)
-                          if cfg.dn_queries else None)
+        self.denoising = (DenoisingQueries(cfg.num_classes, d, cfg.dn_queries, box_noise=cfg.dn_box_noise,
+                                           label_noise=cfg.dn_label_noise) if cfg.dn_queries else None)
         self.query_boxes = self.hybrid_boxes = None  # two-stage: the proposals are the reference boxes
         if not cfg.two_stage:
             self.query_boxes = self._initial_boxes(cfg.num_queries, seed=0)
@@ -99,21 +118,23 @@ class DINOv2ObjectDetector(nn.Module):
             boxes.weight.copy_(inverse_sigmoid(torch.cat([centres, sizes], -1)))
         return boxes
 
-    @staticmethod
-    def _resolve_backbone_layout(cfg: ModelConfig) -> None:
-        """Attention mode and patch size, stored resolved so that a reloaded model (built without hub
-        weights) gets the layout it was trained with."""
-        random_weights = cfg.dino_model == "tiny" or not (cfg.pretrained or cfg.dino_weights)
-        dinov2 = ARCHITECTURES.get(cfg.dino_model, ("",))[0] in ("dinov2", "dinov2_reg")
-        cfg.backbone_attention = resolve_backbone_attention(cfg.backbone_attention, random_weights, dinov2)
-        if cfg.backbone_patch_size and not (random_weights and cfg.dino_model in ARCHITECTURES):
-            log.info("backbone_patch_size %d ignored: %s keeps its own patch size", cfg.backbone_patch_size,
-                     cfg.dino_model)
-            cfg.backbone_patch_size = 0
-
     @property
     def num_classes(self) -> int:
         return self.config.num_classes
+
+    @property
+    def category_ids(self) -> list[int]:
+        """The dataset's category id of each label 0..C-1."""
+        return self.config.category_ids
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.config.class_names
+
+    @property
+    def data_config(self) -> Resize:
+        """Older name of ``resize``."""
+        return self.resize
 
     @property
     def softmax(self) -> bool:
@@ -123,7 +144,8 @@ class DINOv2ObjectDetector(nn.Module):
     def parameter_summary(self) -> str:
         trainable, total = count_parameters(self)
         bb_train, bb_total = count_parameters(self.backbone)
-        return (f"backbone {self.config.dino_model} ({self.backbone_mode}): {bb_train:,} trainable of {bb_total:,}; "
+        return (f"backbone {self.config.dino_model} ({self.backbone_mode}, {self.config.backbone_weights} weights): "
+                f"{bb_train:,} trainable of {bb_total:,}; "
                 f"detector total: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.1f} %)")
 
     # ---------------------------------------------------------------- forward
@@ -236,7 +258,7 @@ class DINOv2ObjectDetector(nn.Module):
         device = next(self.parameters()).device
         was_training = self.training
         self.eval()
-        inputs = [resize_for_inference(t, self.data_config).to(device) for t in tensors]
+        inputs = [resize_for_inference(t, self.resize).to(device) for t in tensors]
         outputs = self(inputs)
         self.train(was_training)
         dets = postprocess(outputs, [tuple(t.shape[-2:]) for t in tensors], self.category_ids, top_k, threshold,
@@ -248,67 +270,50 @@ class DINOv2ObjectDetector(nn.Module):
                             "labels": det["category_ids"].cpu(), "label_names": names})
         return results[0] if single else results
 
-    # ---------------------------------------------------------------- persistence
+    # ---------------------------------------------------------------- persistence (models/persistence.py)
     def metadata(self) -> dict:
-        return {"model": dataclasses.asdict(self.config), "data": dataclasses.asdict(self.data_config),
-                "category_ids": self.category_ids, "class_names": self.class_names}
+        """What rebuilds this model: its model section (with the backbone mode it trains in now), the image
+        sizes, and its classes (also at the top level, as files before the run specification had them)."""
+        model = {**self.config.to_dict(), "backbone_mode": self.backbone_mode}
+        return {"model": model, "data": dataclasses.asdict(self.resize), "category_ids": self.category_ids,
+                "class_names": self.class_names}
 
     @classmethod
-    def from_metadata(cls, meta: dict) -> "DINOv2ObjectDetector":
-        model_cfg = ModelConfig(**{**meta["model"], "pretrained": False, "dino_weights": ""})  # weights: the file
-        return cls(num_classes=model_cfg.num_classes, config=model_cfg, category_ids=meta["category_ids"],
-                   class_names=meta["class_names"], data_config=DataConfig(**meta.get("data", {})))
+    def from_metadata(cls, saved: dict) -> "ObjectDetector":
+        """The architecture described by a run specification, a checkpoint's metadata or a ``config.json``,
+        with random weights (they come from the file)."""
+        from .persistence import saved_model_settings
+        cfg, resize = saved_model_settings(saved)
+        return cls(config=cfg, resize=resize)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> "DINOv2ObjectDetector":
+    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> "ObjectDetector":
         """Rebuild a model from a training checkpoint (``dino_detector_*.pth``), offline. Raises
         FileNotFoundError, or ValueError for a file that is not a checkpoint of this library."""
-        from ..engine.checkpoint import load_checkpoint
-        return cls.from_checkpoint_dict(load_checkpoint(path, map_location), path)
+        from .persistence import load_detector_checkpoint
+        return cls.from_checkpoint_dict(load_detector_checkpoint(path, map_location), path)
 
     @classmethod
-    def from_checkpoint_dict(cls, ckpt: dict, path: str | Path = "checkpoint") -> "DINOv2ObjectDetector":
+    def from_checkpoint_dict(cls, ckpt: dict, path: str | Path = "checkpoint") -> "ObjectDetector":
         """The model of an already loaded checkpoint dict (``path`` names it in error messages)."""
-        from ..engine.checkpoint import load_model_state
-        model = cls.from_metadata(ckpt["metadata"])
+        from .persistence import checkpoint_settings, load_model_state
+        model = cls.from_metadata(checkpoint_settings(ckpt))
         load_model_state(model, ckpt, path)
         return model
 
-    def save_pretrained(self, directory: str | Path, metrics: dict | None = None,
+    def save_pretrained(self, directory: str | Path, metrics: dict | None = None, spec: dict | None = None,
                         run_config: dict | None = None) -> None:
-        """``model.safetensors`` (weights) + ``config.json`` (architecture, data sizes, class ids and names) +
-        a model card ``README.md`` filled from the config and, when given, the run's metrics and settings.
-        Reload with ``from_pretrained``."""
-        from safetensors.torch import save_file
-
-        from .model_card import model_card
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"))
-        (directory / "config.json").write_text(json.dumps(self.metadata(), indent=2))
-        (directory / "README.md").write_text(model_card(self, metrics, run_config))
+        """``model.safetensors`` (weights), ``config.json`` (the run specification ``spec`` when given, else
+        this model's metadata) and a model card ``README.md`` filled from them and, when given, the run's
+        metrics. Reload with ``from_pretrained``. ``run_config`` is the older name of ``spec``."""
+        from .persistence import save_pretrained
+        save_pretrained(self, directory, metrics, spec if spec is not None else run_config)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "DINOv2ObjectDetector":
+    def from_pretrained(cls, directory: str | Path) -> "ObjectDetector":
         """A ``save_pretrained`` folder, or a training checkpoint file (``dino_detector_*.pth``)."""
-        from safetensors.torch import load_file
-        directory = Path(directory)
-        if directory.is_file():
-            return cls.from_checkpoint(directory)
-        model = cls.from_metadata(saved_metadata(directory))
-        model.load_state_dict(load_file(str(directory / "model.safetensors")))
-        return model
+        from .persistence import load_pretrained
+        return load_pretrained(cls, directory)
 
 
-def saved_metadata(path: str | Path) -> dict:
-    """Architecture, data sizes, category ids and class names of a ``save_pretrained`` folder or a training
-    checkpoint file, without building the model."""
-    path = Path(path)
-    if path.is_file():
-        from ..engine.checkpoint import load_checkpoint
-        return load_checkpoint(path)["metadata"]
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is neither a save_pretrained folder (config.json + model.safetensors) "
-                                "nor a checkpoint file")
-    return json.loads((path / "config.json").read_text())
+DINOv2ObjectDetector = ObjectDetector  # the public name since the first release: DINOv2, DINOv3 and flexible backbones

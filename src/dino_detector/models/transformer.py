@@ -37,7 +37,7 @@ class FlatLevels:
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, ffn: int, dropout: float, attention: str, levels: int, points: int):
+    def __init__(self, *, dim: int, heads: int, ffn: int, dropout: float, attention: str, levels: int, points: int):
         super().__init__()
         self.deformable = attention == "deformable"
         self.attn = (MSDeformAttn(dim, levels, heads, points) if self.deformable
@@ -61,7 +61,7 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     """``shared_values``: deformable cross-attention reads values the Decoder projected once for all layers."""
 
-    def __init__(self, dim: int, heads: int, ffn: int, dropout: float, attention: str, levels: int, points: int,
+    def __init__(self, *, dim: int, heads: int, ffn: int, dropout: float, attention: str, levels: int, points: int,
                  shared_values: bool = False):
         super().__init__()
         self.deformable = attention == "deformable"
@@ -106,7 +106,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Returns per-layer class logits [L, B, Q, C] and boxes [L, B, Q, 4] (cx, cy, w, h in 0..1)."""
 
-    def __init__(self, layer: DecoderLayer, num_layers: int, dim: int, heads: HeadSpec, box_refine: bool):
+    def __init__(self, layer: DecoderLayer, *, num_layers: int, dim: int, heads: HeadSpec, box_refine: bool):
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.query_pos_head = MLP(2 * dim, dim, dim, 2)

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
-from ..engine.distributed import all_reduce_sum_ as _all_reduce_sum
-from ..engine.distributed import world_size
+from ..runtime.distributed import all_reduce_sum_ as _all_reduce_sum
+from ..runtime.distributed import world_size
 
 
 class DINOLoss(nn.Module):

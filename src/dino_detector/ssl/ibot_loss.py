@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-from ..engine.distributed import all_reduce_sum_ as _all_reduce_sum
+from ..runtime.distributed import all_reduce_sum_ as _all_reduce_sum
 
 
 class IBOTPatchLoss(nn.Module):

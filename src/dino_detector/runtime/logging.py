@@ -1,4 +1,5 @@
-"""Run logging: console logger, TensorBoard writer, JSON files written atomically.
+"""Run logging: console logger, TensorBoard writer, JSON files written atomically. torch is imported only
+where a tensor is handled, so that entry modules can set up the console before the heavy imports.
 
 TensorBoard tags (``RunLogger``): ``train/<loss term>`` and ``train/loss``, ``lr/<group>``,
 ``val/<COCO metric>`` and ``val/loss*``, ``val_per_class_AP/<class>``, ``val_per_class_precision/<class>``,
@@ -12,8 +13,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-
-import torch
 
 TRUE_COLOUR, PRED_COLOUR = "lime", "red"
 
@@ -55,8 +54,9 @@ def histogram_group(name: str) -> str:
     return ".".join(parts[:3])
 
 
-def draw_boxes(image: torch.Tensor, true_xyxy: torch.Tensor, pred_xyxy: torch.Tensor) -> torch.Tensor:
-    """[3, H, W] float in 0..1 -> uint8 [3, H, W] with true boxes in green and predictions in red."""
+def draw_boxes(image, true_xyxy, pred_xyxy):
+    """[3, H, W] float in 0..1 -> uint8 [3, H, W] with true boxes (xyxy pixels) in green, predictions in red."""
+    import torch
     from torchvision.utils import draw_bounding_boxes
 
     canvas = (image.detach().float().clamp(0, 1) * 255).to(torch.uint8).cpu()
@@ -87,12 +87,14 @@ class RunLogger:
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 self.writer.add_scalar(f"{prefix}/{k}", v, step)
 
-    def histograms(self, model: torch.nn.Module, step: int) -> None:
+    def histograms(self, model, step: int) -> None:
         """Trainable parameters and their gradients, one histogram per block (see ``histogram_group``)."""
         if self.writer is None:
             return
-        params: dict[str, list[torch.Tensor]] = {}
-        grads: dict[str, list[torch.Tensor]] = {}
+        import torch
+
+        params: dict[str, list] = {}
+        grads: dict[str, list] = {}
         for name, p in model.named_parameters():
             if p.requires_grad:
                 group = histogram_group(name)
@@ -103,8 +105,7 @@ class RunLogger:
             for group, values in groups.items():
                 self.writer.add_histogram(f"{prefix}/{group}", torch.cat(values), step)
 
-    def image(self, tag: str, image: torch.Tensor, true_xyxy: torch.Tensor, pred_xyxy: torch.Tensor,
-              step: int) -> None:
+    def image(self, tag: str, image, true_xyxy, pred_xyxy, step: int) -> None:
         if self.writer is not None:
             self.writer.add_image(tag, draw_boxes(image, true_xyxy, pred_xyxy), step)
 

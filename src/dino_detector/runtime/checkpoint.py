@@ -1,5 +1,5 @@
-"""Full training state on disk: written atomically, read with ``weights_only=True``, pruned to the newest K,
-and checked against the model it is loaded into (a clear list of mismatches, not a stack trace)."""
+"""Training state on disk: written atomically, read with ``weights_only=True``, pruned to the newest K, with
+every process's RNG state. What a detector checkpoint holds is models/persistence.py's business."""
 from __future__ import annotations
 
 import logging
@@ -14,8 +14,6 @@ import torch
 
 log = logging.getLogger(__name__)
 EPOCH_FILE = re.compile(r"dino_detector_epoch_(\d+)\.pth$")
-# settings that change the training, not the shapes: not reported as architecture differences
-_NOT_ARCHITECTURE = {"pretrained", "dino_weights", "backbone_mode", "lora_dropout", "dropout", "head_dropout", "aux_loss"}
 
 
 def rng_state() -> dict:
@@ -57,7 +55,7 @@ def save_atomic(obj: dict, path: str | Path) -> None:
 
 def remove_stale_temporaries(folder: str | Path) -> int:
     """Half-written checkpoints left by a killed run (their complete predecessors are untouched)."""
-    stale = list(Path(folder).glob("dino_detector_*.pth.*.tmp"))
+    stale = list(Path(folder).glob("*.pth.*.tmp"))  # save_atomic's temporary names
     for f in stale:
         f.unlink(missing_ok=True)
     if stale:
@@ -76,7 +74,10 @@ def prune_epoch_checkpoints(folder: str | Path, keep: int) -> list[Path]:
     return doomed
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def load_checkpoint(path: str | Path, map_location="cpu", required: tuple[str, ...] = ("model",),
+                    kind: str = "dino_detector checkpoint") -> dict:
+    """The dict saved at ``path``; a ValueError names the file when it is unreadable or lacks an entry of
+    ``required`` (``kind`` says what was expected)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -84,31 +85,6 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise ValueError(f"cannot read checkpoint {path}: {err}") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "metadata" not in ckpt:
-        raise ValueError(f"{path} is not a dino_detector checkpoint (no 'model' / 'metadata' entries)")
+    if not isinstance(ckpt, dict) or any(key not in ckpt for key in required):
+        raise ValueError(f"{path} is not a {kind} (no {' / '.join(repr(k) for k in required)} entries)")
     return ckpt
-
-
-def load_model_state(model: torch.nn.Module, ckpt: dict, path: str | Path) -> None:
-    """Strict load; on any mismatch a ValueError lists the differing settings and tensors."""
-    own = model.state_dict()
-    saved = ckpt["model"]
-    missing = sorted(set(own) - set(saved))
-    unexpected = sorted(set(saved) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(saved[k].shape)}, model {tuple(own[k].shape)}"
-              for k in own if k in saved and own[k].shape != saved[k].shape]
-    if not (missing or unexpected or shapes):
-        model.load_state_dict(saved)
-        return
-    was, now = ckpt["metadata"].get("model", {}), model.metadata().get("model", {})
-    settings = [f"{k}: checkpoint {was.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(was) | set(now))
-                if k not in _NOT_ARCHITECTURE and was.get(k) != now.get(k)]
-    lines = [f"checkpoint {path} does not fit this model (pass the same settings, or --skip_checkpoint_load "
-             "to start fresh)"]
-    for title, items in (("different settings", settings), ("tensors of different shape", shapes),
-                         ("tensors missing from the checkpoint", missing),
-                         ("tensors the model does not have", unexpected)):
-        if items:
-            more = f" ... and {len(items) - 8} more" if len(items) > 8 else ""
-            lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:8]) + more)
-    raise ValueError("\n".join(lines))

@@ -1,6 +1,7 @@
-"""DINOv2 / DINOv2-with-registers / DINOv3 ViT backbones through ``transformers``.
+"""ViT backbones: DINOv2 / DINOv2-with-registers / DINOv3 through ``transformers``, and our flexible encoder
+(flexible.py), which speaks the same interface.
 
-The architecture table lets ``pretrained=False`` build any official variant offline with random weights;
+The architecture table (catalog.py) lets ``pretrained=False`` build any official variant offline with random weights;
 ``pretrained=True`` loads a hub id or a local folder (``save_pretrained`` layout) and fails early with one
 clear message when neither can be reached.
 
@@ -16,48 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .catalog import ARCHITECTURES, FAMILY_DEFAULTS, has_published_weights, offline_architecture
 from .windowed import WindowedRunner
 
-# name -> (family, config kwargs). Values follow the official releases' config.json files.
-ARCHITECTURES: dict[str, tuple[str, dict]] = {
-    "tiny": ("dinov2", dict(hidden_size=192, num_hidden_layers=6, num_attention_heads=3, mlp_ratio=4)),
-    "facebook/dinov2-small": ("dinov2", dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6)),
-    "facebook/dinov2-base": ("dinov2", dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12)),
-    "facebook/dinov2-large": ("dinov2", dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16)),
-    "facebook/dinov2-giant": ("dinov2", dict(hidden_size=1536, num_hidden_layers=40, num_attention_heads=24,
-                                             use_swiglu_ffn=True)),
-    "facebook/dinov2-with-registers-small": ("dinov2_reg", dict(hidden_size=384, num_hidden_layers=12,
-                                                                num_attention_heads=6)),
-    "facebook/dinov2-with-registers-base": ("dinov2_reg", dict(hidden_size=768, num_hidden_layers=12,
-                                                               num_attention_heads=12)),
-    "facebook/dinov2-with-registers-large": ("dinov2_reg", dict(hidden_size=1024, num_hidden_layers=24,
-                                                                num_attention_heads=16)),
-    "facebook/dinov2-with-registers-giant": ("dinov2_reg", dict(hidden_size=1536, num_hidden_layers=40,
-                                                                num_attention_heads=24, use_swiglu_ffn=True)),
-    "facebook/dinov3-vits16-pretrain-lvd1689m": ("dinov3", dict(hidden_size=384, num_hidden_layers=12,
-                                                                num_attention_heads=6, intermediate_size=1536)),
-    "facebook/dinov3-vits16plus-pretrain-lvd1689m": ("dinov3", dict(hidden_size=384, num_hidden_layers=12,
-                                                                    num_attention_heads=6, intermediate_size=1536,
-                                                                    use_gated_mlp=True, hidden_act="silu")),
-    "facebook/dinov3-vitb16-pretrain-lvd1689m": ("dinov3", dict(hidden_size=768, num_hidden_layers=12,
-                                                                num_attention_heads=12, intermediate_size=3072)),
-    "facebook/dinov3-vitl16-pretrain-lvd1689m": ("dinov3", dict(hidden_size=1024, num_hidden_layers=24,
-                                                                num_attention_heads=16, intermediate_size=4096)),
-    "facebook/dinov3-vith16plus-pretrain-lvd1689m": ("dinov3", dict(hidden_size=1280, num_hidden_layers=32,
-                                                                    num_attention_heads=20, intermediate_size=5120,
-                                                                    use_gated_mlp=True, hidden_act="silu")),
-    "facebook/dinov3-vit7b16-pretrain-lvd1689m": ("dinov3", dict(hidden_size=4096, num_hidden_layers=40,
-                                                                 num_attention_heads=32, intermediate_size=8192,
-                                                                 use_gated_mlp=True, hidden_act="silu",
-                                                                 query_bias=False, value_bias=False,
-                                                                 proj_bias=False)),
-}
-_FAMILY_DEFAULTS = {
-    "dinov2": dict(patch_size=14, image_size=518, layerscale_value=1.0),
-    "dinov2_reg": dict(patch_size=14, image_size=518, layerscale_value=1.0, num_register_tokens=4),
-    "dinov3": dict(patch_size=16, image_size=224, num_register_tokens=4, layerscale_value=1.0,
-                   key_bias=False, layer_norm_eps=1e-5, rope_theta=100.0, pos_embed_rescale=2.0),
-}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -88,21 +50,24 @@ def architecture_config(name: str):
         raise ValueError(f"unknown backbone '{name}'; offline architectures: {', '.join(ARCHITECTURES)}")
     family, kwargs = ARCHITECTURES[name]
     config_cls, _ = _classes(family)
-    return config_cls(**{**_FAMILY_DEFAULTS[family], **kwargs})
+    return config_cls(**{**FAMILY_DEFAULTS[family], **kwargs})
 
 
-def load_vit(name: str, pretrained: bool, patch_size: int = 0) -> nn.Module:
-    """A ViT for ``name``: random weights from the table, pretrained from hub / folder, our flexible encoder
-    (random weights), or an encoder file written by ``pretrain`` (its weights unless ``pretrained`` is False).
-    ``patch_size`` > 0 builds a table architecture with that patch size (random weights only)."""
+def load_vit(name: str, *, pretrained: bool = False, patch_size: int = 0, arch: str = "") -> nn.Module:
+    """A ViT for ``name``: a table architecture (random weights, ``patch_size`` > 0 overriding its patch), our
+    flexible encoder, an encoder file written by ``pretrain`` (its weights unless ``pretrained`` is False; with
+    ``arch``, an offline name of its architecture, no file is needed for random weights), a local model
+    folder, or pretrained weights from the hub's cache or the hub (``pretrained``)."""
     from .encoder_file import encoder_path, load_encoder
     from .flexible import FlexibleEncoder, is_flexible
 
     if is_flexible(name):
         return FlexibleEncoder(name)  # no published weights: pretrain it (python -m dino_detector.pretrain)
     if (path := encoder_path(name)) is not None:
+        if not pretrained and offline_architecture(arch):
+            return load_vit(arch)  # a checkpoint holds the weights: the architecture alone, without the file
         return load_encoder(path, weights=pretrained)
-    if not pretrained or name == "tiny":
+    if not pretrained or not has_published_weights(name):
         if os.path.isdir(name) and name not in ARCHITECTURES:  # a local model folder: its own config.json
             from transformers import AutoConfig, AutoModel
             return AutoModel.from_config(AutoConfig.from_pretrained(name))
@@ -156,20 +121,27 @@ class FeatureMap:
     image_sizes: torch.Tensor
 
 
-class DinoBackbone(nn.Module):
-    """Wraps a transformers DINO ViT; returns its patch tokens as a feature map: the last block's, or with
-    ``feature_layers`` = n > 1 the outputs of n evenly spaced blocks (the last included), each passed through
-    the ViT's final norm and concatenated along channels (as DINOv2's ``get_intermediate_layers``)."""
+class ViTBackbone(nn.Module):
+    """Wraps a ViT that speaks the transformers interface (DINOv2, DINOv2 with registers, DINOv3, our flexible
+    encoder); returns its patch tokens as a feature map: the last block's, or with ``feature_layers`` = n > 1
+    the outputs of n evenly spaced blocks (the last included), each passed through the ViT's final norm and
+    concatenated along channels (as DINOv2's ``get_intermediate_layers``)."""
 
-    def __init__(self, name: str = "tiny", pretrained: bool = False, feature_layers: int = 1, weights_file: str = "",
-                 windows: int = 0, global_blocks: int = 4, patch_size: int = 0):
-        """``weights_file``: an official DINOv2 checkpoint loaded into the ``name`` architecture (offline).
+    def __init__(self, name: str = "tiny", *, pretrained: bool = False, feature_layers: int = 1,
+                 weights_file: str = "", windows: int = 0, global_blocks: int = 4, patch_size: int = 0,
+                 arch: str = ""):
+        """Where the weights come from is resolve.py's ``weights_source`` rule: ``weights_file`` (an official
+        DINOv2 checkpoint loaded into the ``name`` architecture, offline) wins over ``pretrained``.
         ``windows`` > 0: windowed attention on a windows x windows grid of tiles in all but ``global_blocks``
-        blocks (``windowed.py``). ``patch_size`` > 0: that patch size for a randomly initialised ViT."""
+        blocks (``windowed.py``). ``patch_size`` > 0: that patch size for a randomly initialised ViT.
+        ``arch``: an encoder file's architecture, for rebuilding it without the file."""
+        from .resolve import weights_source
+
         super().__init__()
         self.name = name
-        self.vit = load_vit(name, pretrained and not weights_file, patch_size)
-        if weights_file:
+        source = weights_source(name, pretrained=pretrained, weights_file=weights_file)
+        self.vit = load_vit(name, pretrained=source in ("hub", "folder", "encoder"), patch_size=patch_size, arch=arch)
+        if source == "official":
             from .official_weights import load_official_weights
             load_official_weights(self.vit, weights_file)
         cfg = self.vit.config

@@ -1,0 +1,112 @@
+"""A detector on disk: training checkpoints and ``save_pretrained`` folders, and the one reader of what
+rebuilds a model from either.
+
+A training checkpoint holds ``spec`` (the run specification, as in ``config.yaml``) and ``metadata`` (the
+model's own view of it: its model section with the backbone mode it trains in now, image sizes and
+classes); a ``save_pretrained`` folder's ``config.json`` holds the run specification when it came from a
+run, else the model's metadata. Both have the same ``model`` / ``data`` layout, so ``saved_model_settings``
+reads every one of them, and the files of earlier versions (classes at the top level) as well.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..backbones.resolve import architecture_only
+from ..config import ModelConfig
+from ..data.transforms import Resize
+from ..runtime.checkpoint import load_checkpoint
+
+# settings that change the training, or are recorded, not the shapes: not reported as architecture differences
+NOT_ARCHITECTURE = {"pretrained", "dino_weights", "backbone_weights", "backbone_arch", "backbone_mode", "lora_dropout",
+                    "dropout", "head_dropout", "aux_loss", "class_names", "category_ids"}
+
+
+def saved_model_settings(saved: dict) -> tuple[ModelConfig, Resize]:
+    """(model section for rebuilding the architecture without loading weights, image sizes) of a run
+    specification, a checkpoint's metadata or a ``config.json``."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise ValueError("the saved settings have no 'model' section")
+    model = dict(saved["model"])
+    for key in ("category_ids", "class_names"):  # files before the run specification kept them at the top
+        if not model.get(key) and saved.get(key):
+            model[key] = saved[key]
+    return architecture_only(ModelConfig.from_dict(model, where="saved model settings")), Resize.of(saved.get("data", {}))
+
+
+def checkpoint_settings(ckpt: dict) -> dict:
+    """What rebuilds a checkpoint's model: its run specification, or the metadata of older / hand-made files."""
+    return ckpt["spec"] if isinstance(ckpt.get("spec"), dict) else ckpt["metadata"]
+
+
+def load_detector_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    ckpt = load_checkpoint(path, map_location)
+    if "spec" not in ckpt and "metadata" not in ckpt:
+        raise ValueError(f"{path} is not a dino_detector checkpoint (no 'model' / 'spec' entries)")
+    return ckpt
+
+
+def load_model_state(model: torch.nn.Module, ckpt: dict, path: str | Path) -> None:
+    """Strict load; on any mismatch a ValueError lists the differing settings and tensors."""
+    own = model.state_dict()
+    saved = ckpt["model"]
+    missing = sorted(set(own) - set(saved))
+    unexpected = sorted(set(saved) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(saved[k].shape)}, model {tuple(own[k].shape)}"
+              for k in own if k in saved and own[k].shape != saved[k].shape]
+    if not (missing or unexpected or shapes):
+        model.load_state_dict(saved)
+        return
+    was, now = checkpoint_settings(ckpt).get("model", {}), model.metadata().get("model", {})
+    settings = [f"{k}: checkpoint {was.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(was) | set(now))
+                if k not in NOT_ARCHITECTURE and was.get(k) != now.get(k)]
+    lines = [f"checkpoint {path} does not fit this model (pass the same settings, or --skip_checkpoint_load "
+             "to start fresh)"]
+    for title, items in (("different settings", settings), ("tensors of different shape", shapes),
+                         ("tensors missing from the checkpoint", missing),
+                         ("tensors the model does not have", unexpected)):
+        if items:
+            more = f" ... and {len(items) - 8} more" if len(items) > 8 else ""
+            lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:8]) + more)
+    raise ValueError("\n".join(lines))
+
+
+def save_pretrained(model, directory: str | Path, metrics: dict | None = None, spec: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    from .model_card import model_card
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(spec if spec is not None else model.metadata(), indent=2))
+    (directory / "README.md").write_text(model_card(model, metrics, spec))
+
+
+def load_pretrained(cls, directory: str | Path):
+    from safetensors.torch import load_file
+    directory = Path(directory)
+    if directory.is_file():
+        return cls.from_checkpoint(directory)
+    model = cls.from_metadata(saved_settings(directory))
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    return model
+
+
+def saved_settings(path: str | Path) -> dict:
+    """The saved settings (run specification or metadata) of a ``save_pretrained`` folder or a training
+    checkpoint file, without building the model."""
+    path = Path(path)
+    if path.is_file():
+        return checkpoint_settings(load_detector_checkpoint(path))
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is neither a save_pretrained folder (config.json + model.safetensors) "
+                                "nor a checkpoint file")
+    return json.loads((path / "config.json").read_text())
+
+
+def saved_model_config(path: str | Path) -> ModelConfig:
+    """The model section (classes included) of a ``save_pretrained`` folder or a checkpoint file."""
+    return saved_model_settings(saved_settings(path))[0]
