@@ -19,7 +19,7 @@ import typing
 
 from .config import PRESETS, Config, SettingsError, build_config
 from .config.describe import FieldHelp, describe, show
-from .config.settings import FieldType, _scalar
+from .config.settings import FieldType, parse_scalar, read_yaml
 
 T = typing.TypeVar("T")
 
@@ -61,7 +61,7 @@ class Toggle(argparse.Action):
 def _converter(kind: FieldType):
     """An argparse ``type`` that names what it expected: 'argument --batch_size: expected an integer, got 'x''."""
     def convert(text: str):
-        value = _scalar(text, kind.base)
+        value = parse_scalar(text, kind.base)
         if value is None:
             raise argparse.ArgumentTypeError(f"expected {FieldType(kind.base).words()}, got {text!r}")
         return value
@@ -125,7 +125,6 @@ def parse_settings(cls: type[T], argv: list[str] | None, *, description: str, ep
     fields = cls.value_fields()
     given = {k: v for k, v in vars(args).items() if k in fields}
     try:
-        from .config.settings import read_yaml
         base = cls.flatten(read_yaml(args.config_file), args.config_file) if getattr(args, "config_file", None) else {}
         return cls.from_dict({**base, **given}), args
     except SettingsError as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ class FieldType:
 
 def field_type(annotation) -> FieldType:
     optional = False
-    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         optional, annotation = True, args[0]
     if typing.get_origin(annotation) is Literal:
@@ -68,7 +69,7 @@ def coerce(value: Any, kind: FieldType, where: str) -> Any:
     if kind.is_list:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
         return [coerce(item, FieldType(kind.base), f"{where}[{i}]") for i, item in enumerate(items)]
-    converted = _scalar(value, kind.base)
+    converted = parse_scalar(value, kind.base)
     if converted is None:
         raise SettingsError(f"{where}: expected {kind.words()}, got {value!r}")
     if kind.choices and converted not in kind.choices:
@@ -76,7 +77,7 @@ def coerce(value: Any, kind: FieldType, where: str) -> Any:
     return converted
 
 
-def _scalar(value: Any, base: type) -> Any:
+def parse_scalar(value: Any, base: type) -> Any:
     """``value`` as ``base``, or None when it is not one."""
     if base is bool:
         if isinstance(value, bool):
@@ -135,7 +136,9 @@ class Settings:
             raise SettingsError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
         fields, flat = cls.value_fields(), {}
         for key, value in data.items():
-            if key in cls.sections() and isinstance(value, dict):
+            if key in cls.sections() and not isinstance(value, dict):
+                raise SettingsError(f"{where}: '{key}' is a section: expected a mapping of its settings, got {value!r}")
+            if key in cls.sections():
                 for name, v in value.items():
                     if fields.get(name, (None,))[0] != key:
                         raise UnknownSettingError(f"{where}: unknown setting '{key}.{name}'{cls.suggest(name)}")

@@ -62,7 +62,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     ema: torch.nn.Module | None
-    schedule: Schedule
+    schedule: Schedule | None = None  # set when the run knows its steps per epoch
     step: int = 0
     elapsed: float = 0.0  # seconds of training so far (resumed runs included; evaluation excluded)
 

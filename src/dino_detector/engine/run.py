@@ -33,7 +33,15 @@ class RunContext:
             self.out.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.out)
         self.budget_s = time_budget_min * 60
-        self.logger = RunLogger(Path(log_dir) if log_dir else self.out / "tensorboard", enabled=self.dist.is_main)
+        self.log_dir = Path(log_dir) if log_dir else self.out / "tensorboard"
+        self._logger: RunLogger | None = None
+
+    @property
+    def logger(self) -> RunLogger:
+        """The TensorBoard writer, opened on first use (a run that stops on bad input leaves no event file)."""
+        if self._logger is None:
+            self._logger = RunLogger(self.log_dir, enabled=self.dist.is_main)
+        return self._logger
 
     @property
     def is_main(self) -> bool:
@@ -66,4 +74,5 @@ class RunContext:
                         self.dist.world_size)
 
     def close(self) -> None:
-        self.logger.close()
+        if self._logger is not None:
+            self._logger.close()

@@ -57,7 +57,7 @@ class Trainer:
                                     weight_decay=t.weight_decay)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         ema = ema_model(self.model, t.ema_decay) if t.ema else None
-        self.state = TrainState(self.model, self._wrap(), self.criterion, optimizer, scaler, ema, schedule=None)
+        self.state = TrainState(self.model, self._wrap(), self.criterion, optimizer, scaler, ema)
         self.start_epoch = 0
         self.history: list[dict] = []  # mean training losses per epoch
         if ckpt is not None and not t.only_evaluate:
