@@ -159,7 +159,8 @@ def train_one_epoch(state: TrainState, loader, *, epoch: int, settings: StepSett
             break
     state.elapsed += time.time() - started
     # epoch means of the total and the final layer's terms (auxiliary ones are in TensorBoard)
-    means = {k: v / max(n, 1) for k, v in {**state.criterion.final_losses(sums), "loss": sums.get("loss", 0.0)}.items()}
+    kept = {"loss": sums.get("loss", 0.0), **state.criterion.final_losses(sums)}
+    means = {k: kept[k] / max(n, 1) for k in sorted(kept)}
     return EpochResult(means, out_of_time, images_seen)
 
 
