@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from .presets import PRESETS
 from .pretrain import PretrainConfig
 from .sections import DataConfig, LossConfig, ModelConfig, TrainConfig
-from .settings import INTERNAL, RESOLVED, Settings, SettingsError, UnknownSettingError, coerce, read_yaml
-
-NO_FLAG = {"flag": False}  # a value the command line sets its own way (``--preset``)
+from .settings import INTERNAL, NO_FLAG, RESOLVED, Settings, SettingsError, UnknownSettingError, read_yaml
 
 
 @dataclass(frozen=True)
@@ -27,8 +25,6 @@ class Config(Settings):
     # flat names of the settings the user gave (YAML or flags), for messages about values a rule overrides
     given: frozenset = field(default=frozenset(), compare=False, repr=False, metadata=INTERNAL)
 
-
-SECTIONS = Config.sections()
 
 
 def field_section(name: str) -> str:
@@ -53,5 +49,4 @@ def build_config(preset: str | None = None, yaml_file: str | None = None, **over
 
 
 __all__ = ["Config", "DataConfig", "LossConfig", "ModelConfig", "NO_FLAG", "PRESETS", "PretrainConfig", "RESOLVED",
-           "SECTIONS", "Settings", "SettingsError", "TrainConfig", "UnknownSettingError", "build_config", "coerce",
-           "field_section"]
+           "Settings", "SettingsError", "TrainConfig", "UnknownSettingError", "build_config", "field_section"]

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 RESOLVED = {"resolved": True}  # filled in by the run's resolution (spec.py); not a command-line flag
 INTERNAL = {"internal": True}  # bookkeeping, never written or read
+NO_FLAG = {"flag": False}  # a value the command line sets its own way (``--preset``)
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
