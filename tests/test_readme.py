@@ -60,3 +60,74 @@ def test_every_flag_the_readme_names_exists(capsys):
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_]+", README.read_text()))
     assert named, "the README names no flags?"
     assert named - known == set()
+
+
+def own_data_blocks() -> tuple[list[str], str]:
+    """The commands (continuation lines joined, comments dropped) and the Python example of the README's
+    "Train on your own data"."""
+    section = README.read_text().split("## Train on your own data", 1)[1].split("\n## ", 1)[0]
+    bash = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    commands = [c.strip() for c in bash.replace("\\\n", " ").splitlines() if c.strip() and not c.startswith("#")]
+    return commands, re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+
+
+def roboflow_export(root: Path) -> None:
+    """A small Roboflow-style COCO export at ``root`` (train / valid / test): long, flat images with two coloured
+    bars each, so that the commands' 384 px and 50 epochs stay short (resized, an image is 384 x 24 pixels)."""
+    import json
+
+    from PIL import Image, ImageDraw
+
+    rng = __import__("random").Random(0)
+    for folder, n in (("train", 4), ("valid", 2), ("test", 1)):
+        (root / folder).mkdir(parents=True)
+        coco = {"images": [], "annotations": [], "categories": [
+            {"id": 0, "name": "cells", "supercategory": "none"}, {"id": 1, "name": "red", "supercategory": "cells"},
+            {"id": 2, "name": "blue", "supercategory": "cells"}]}
+        for i in range(n):
+            image = Image.new("RGB", (256, 16), (200, 200, 190))
+            draw = ImageDraw.Draw(image)
+            for category, colour in ((1, (220, 30, 30)), (2, (30, 30, 220))):
+                x, w = rng.randrange(0, 200), rng.randrange(20, 50)
+                x1 = min(255, x + w)
+                draw.rectangle([x, 3, x1, 12], fill=colour)
+                coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i + 1,
+                                            "category_id": category, "bbox": [x, 3, x1 - x + 1, 10],
+                                            "area": (x1 - x + 1) * 10, "iscrowd": 0})
+            image.save(root / folder / f"cells_{i:03d}.jpg", quality=95)
+            coco["images"].append({"id": i + 1, "file_name": f"cells_{i:03d}.jpg", "width": 256, "height": 16})
+        (root / folder / "_annotations.coco.json").write_text(json.dumps(coco))
+
+
+def test_readme_own_data_commands_and_python_example_run_as_written(tmp_path, monkeypatch, capsys):
+    import csv
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    roboflow_export(tmp_path / "datasets" / "cells")
+    commands, python = own_data_blocks()
+    assert [c.split()[2] for c in commands] == ["dino_detector.train", "dino_detector.analyze",
+                                                "dino_detector.predict"]
+    printed = []
+    for command in commands:
+        args = command.split()
+        assert args[:2] == [".venv/bin/python", "-m"]
+        proc = subprocess.run([sys.executable, *args[1:]], capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        printed.append(proc.stdout)
+    assert "dataset datasets/cells: Roboflow COCO export" in printed[0]
+    run = tmp_path / "runs" / "cells"
+    assert (run / "dino_detector_best.pth").is_file() and (run / "test_metrics_final.json").is_file()
+    assert (run / "analysis" / "val_metrics.json").is_file() and (run / "predictions" / "predictions.json").is_file()
+    rows = list(csv.DictReader((run / "results.csv").open()))
+    evaluations = sorted(run.glob("val_metrics_epoch_*.json")) + [run / "val_metrics_final.json"]
+    assert len(rows) == len(evaluations) > 1
+    for column in ("epoch", "step", "seconds", "train/loss", "val/loss", "AP", "AP50", "lr/head"):
+        assert column in rows[0], column
+    namespace: dict = {}
+    exec(compile(python, str(README), "exec"), namespace)
+    result, detections = namespace["result"], namespace["detections"]
+    assert result.weights == Path("runs/cells/dino_detector_best.pth") and 0.0 <= result.metrics["AP"] <= 1.0
+    assert set(detections) == {"boxes", "scores", "labels", "label_names"}
+    assert "dino_detector_best.pth" in capsys.readouterr().out

@@ -5,12 +5,14 @@ The detector class is imported on first use, so that the command line answers ``
 bad flag without loading torch."""
 from .config import Config, build_config
 
-__all__ = ["Config", "DINOv2ObjectDetector", "ObjectDetector", "build_config"]
+__all__ = ["Config", "DINOv2ObjectDetector", "FitResult", "ObjectDetector", "Prediction", "build_config", "fit"]
 __version__ = "0.1.0"
+LAZY = {"DINOv2ObjectDetector": "models.detector", "ObjectDetector": "models.detector",
+        "Prediction": "models.prediction", "fit": "api", "FitResult": "api"}
 
 
 def __getattr__(name: str):
-    if name in ("DINOv2ObjectDetector", "ObjectDetector"):
-        from .models import detector
-        return getattr(detector, name)
+    if name in LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'dino_detector' has no attribute '{name}'")

@@ -32,6 +32,8 @@ class AnalyzeSettings(Settings):
     confidence_threshold: float = 0.5  # score of the drawn boxes and the class counts
     run_eval: bool = False  # evaluate --model_path on --val_images / --val_annotations
     model_path: Optional[str] = None  # a checkpoint (dino_detector_*.pth) or save_pretrained folder
+    weights: Literal["auto", "raw", "ema"] = "auto"  # a checkpoint's weights; auto: the deployable ones (EMA if kept)
+    data: Optional[str] = None  # --run_eval: a dataset folder (as train --data); its validation split, else its test split
     val_images: Optional[str] = None  # --run_eval: the validation images
     val_annotations: Optional[str] = None  # --run_eval: the validation annotations (COCO JSON, VOC or YOLO folder)
     data_format: Literal["auto", "coco", "voc", "yolo", "hf"] = "auto"  # annotation format; auto: told apart by the path
@@ -144,11 +146,15 @@ def _files(args):
 def _run_eval(args):
     from .analysis.run_eval import evaluate_model
     from .analysis.sections import Predictions, annotated_files, metrics_section, predictions_section
-    if not (args.model_path and args.val_annotations):
-        raise UsageError("--run_eval needs --model_path and --val_annotations (and --val_images for COCO JSON)")
-    ev = evaluate_model(args.model_path, images=args.val_images, annotations=args.val_annotations,
-                        data_format=args.data_format, score_threshold=args.score_threshold,
-                        batch_size=args.batch_size, device=args.device)
+    images, annotations = args.val_images, args.val_annotations
+    if args.data and not annotations:
+        images, annotations = _layout_split(args.data)
+    if not (args.model_path and annotations):
+        raise UsageError("--run_eval needs --model_path and --val_annotations (and --val_images for COCO JSON), "
+                         "or --data with the dataset's folder")
+    ev = evaluate_model(args.model_path, images=images, annotations=annotations, data_format=args.data_format,
+                        score_threshold=args.score_threshold, batch_size=args.batch_size, device=args.device,
+                        weights=args.weights)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "val_metrics.json").write_text(json.dumps(ev.metrics, indent=2))
@@ -164,6 +170,17 @@ def _run_eval(args):
     predictions_section(report, Predictions(ev.results, files, names, gt), out, args.num_visualizations,
                         args.confidence_threshold)
     return report
+
+
+def _layout_split(folder: str) -> tuple[str | None, str]:
+    """(images, annotations) of a dataset folder's validation split, else its test split."""
+    from .data.layout import detect_layout
+    layout = detect_layout(folder)
+    split = next((s for s in ("val", "test") if s in layout.splits), None)
+    if split is None:
+        raise ValueError(f"{folder} ({layout.kind}) has no validation or test split to evaluate on")
+    print(f"dataset {folder}: {layout.kind}; evaluating its {split} split")
+    return layout.splits[split].images, layout.splits[split].annotations
 
 
 def _ground_truth(images: str, annotations: str, data_format: str):

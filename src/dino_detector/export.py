@@ -22,6 +22,7 @@ from .config import Settings
 @dataclass(frozen=True)
 class ExportSettings(Settings):
     checkpoint: str  # dino_detector_*.pth checkpoint or save_pretrained folder
+    weights: Literal["auto", "raw", "ema"] = "auto"  # a checkpoint's weights; auto: the deployable ones (EMA if kept)
     format: Literal["onnx", "pretrained"] = "onnx"  # onnx: an ONNX graph checked with onnxruntime; pretrained: a folder
     output: Optional[str] = None  # the .onnx file (default model.onnx), or the folder (default pretrained_model)
     metrics_file: Optional[str] = None  # metrics for the model card (default: val_metrics_final.json beside it)
@@ -44,14 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.format == "pretrained":
             return _export_pretrained(args, output)
-        model = ObjectDetector.from_pretrained(args.checkpoint)
+        model = ObjectDetector.from_pretrained(args.checkpoint, args.weights)
         report = export_onnx(model, output, dynamic=args.dynamic, postprocess=args.with_postprocess, top_k=args.top_k,
                              example_size=(args.height, args.width))
     except (FileNotFoundError, ValueError, RuntimeError, PretrainedUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     shapes = ", ".join("x".join(map(str, [b, 3, h, w])) for b, h, w in report["checked"])
-    print(f"{output}: onnxruntime matches PyTorch to {report['max_abs_diff']:.1e} on {shapes}")
+    print(f"{output} ({model.weights} weights): onnxruntime matches PyTorch to {report['max_abs_diff']:.1e} on "
+          f"{shapes}")
     return 0
 
 
@@ -66,13 +68,13 @@ def _export_pretrained(args: ExportSettings, output: str) -> int:
     if checkpoint.is_dir():
         raise ValueError(f"{checkpoint} is already a folder; --format pretrained converts a checkpoint file")
     ckpt = load_detector_checkpoint(checkpoint)
-    model = ObjectDetector.from_checkpoint_dict(ckpt, checkpoint)
+    model = ObjectDetector.from_checkpoint_dict(ckpt, checkpoint, args.weights)
     metrics_file = Path(args.metrics_file) if args.metrics_file else checkpoint.parent / "val_metrics_final.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
     if args.metrics_file and metrics is None:
         raise FileNotFoundError(f"metrics file not found: {metrics_file}")
     model.save_pretrained(output, metrics, spec=ckpt.get("spec"))
-    print(f"{output}: model.safetensors, config.json, README.md (model card"
+    print(f"{output}: model.safetensors ({model.weights} weights), config.json, README.md (model card"
           + (f", metrics from {metrics_file})" if metrics else ", no metrics found)"))
     return 0
 

@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PredictSettings(Settings):
-    checkpoint: str  # dino_detector_*.pth checkpoint or save_pretrained folder
+    checkpoint: str  # dino_detector_*.pth checkpoint (dino_detector_best.pth: the run's best) or save_pretrained folder
     images: list[str]  # image files and / or folders (searched recursively)
+    weights: Literal["auto", "raw", "ema"] = "auto"  # a checkpoint's weights; auto: the deployable ones (EMA if kept)
     output_dir: str = "outputs/predict"  # folder for predictions.json, images.json and drawn/
     threshold: float = 0.5  # keep detections scoring above this
     top_k: int = 100  # at most this many detections per image
@@ -62,7 +63,7 @@ def run(args: PredictSettings) -> int:
     if not paths:
         raise ValueError(f"no image files found in {' '.join(args.images)}")
     device = resolve_device(args.device)
-    model = prepare_model(ObjectDetector.from_pretrained(args.checkpoint), device, args.compile)
+    model = prepare_model(ObjectDetector.from_pretrained(args.checkpoint, args.weights), device, args.compile)
     run_ = predict_files(model, paths, device, batch_size=args.batch_size, threshold=args.threshold,
                          top_k=args.top_k, num_workers=resolve_num_workers(args.num_workers, device))
     out = Path(args.output_dir)
@@ -86,7 +87,7 @@ def run(args: PredictSettings) -> int:
           f"{len(run_.skipped)} unreadable file(s) skipped" + "".join(f"\n  skipped {p}: {why}"
                                                                    for p, why in run_.skipped))
     print(f"model time {run_.seconds:.1f} s: {run_.images_per_second:.2f} images/s on {device} "
-          f"(batch {args.batch_size}) -> {out / 'predictions.json'}")
+          f"(batch {args.batch_size}, {model.weights} weights) -> {out / 'predictions.json'}")
     return 0
 
 

@@ -47,12 +47,17 @@ def evaluate_knn(cfg: PretrainConfig) -> dict:
     from .ssl.knn import knn_report, object_crops
 
     k, images = cfg.knn, cfg.data.images
-    if not (images and k.annotations and k.val_annotations):
-        raise ValueError("--eval_knn needs --images, --annotations (training crops) and --val_annotations")
+    if k.data:
+        train_crops, val_crops = _layout_crops(k.data, cfg.run.seed)
+    elif images and k.annotations and k.val_annotations:
+        train_crops, val_crops = (images[0], k.annotations), (k.val_images or images[0], k.val_annotations)
+    else:
+        raise ValueError("--eval_knn needs --images, --annotations (training crops) and --val_annotations, or "
+                         "--data with a dataset folder")
     seed_everything(cfg.run.seed)
     vit = load_encoder(k.encoder) if k.encoder else load_vit(cfg.model.arch, pretrained=cfg.model.pretrained)
-    train_x, train_y, names = object_crops(images[0], k.annotations, k.knn_crop_size)
-    val_x, val_y, val_names = object_crops(k.val_images or images[0], k.val_annotations, k.knn_crop_size)
+    train_x, train_y, names = object_crops(*train_crops, k.knn_crop_size)
+    val_x, val_y, val_names = object_crops(*val_crops, k.knn_crop_size)
     if val_names != names:
         raise ValueError(f"validation classes {val_names} differ from training classes {names}")
     report = knn_report(crop_encoder(vit, resolve_device(cfg.run.device)), (train_x, train_y), (val_x, val_y), names,
@@ -65,6 +70,17 @@ def evaluate_knn(cfg: PretrainConfig) -> dict:
     print(f"k-NN (k={k.knn_k}) balanced accuracy {report['balanced_accuracy']:.4f}, accuracy "
           f"{report['accuracy']:.4f}, per class {report['per_class_recall']} -> {out / 'knn_metrics.json'}")
     return report
+
+
+def _layout_crops(folder: str, seed: int):
+    """(images, annotations) of a dataset folder's training and validation splits (a seeded share of the
+    training images when it has no validation split), as ``train --data`` reads them."""
+    from .config import DataConfig
+    from .data.build import open_sources, resolve_paths
+
+    sources = open_sources(resolve_paths(DataConfig(data=folder)), train=True, seed=seed)
+    print(sources.summary(f"dataset {folder}:"))
+    return (sources.train.images, sources.train.coco), (sources.val.images, sources.val.coco)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,8 @@ four sections with every value a rule decides filled in, each rule in one place:
 - learning rates: the backbone's (lr for random weights, lr x 0.1 for pretrained ones), the head's after
   unfreezing, the epoch of the step drop;
 - debug mode's epochs, lr and evaluation interval (a warning names every value of yours it overrides);
-- the data paths ``--download_*_data`` points at, and, for ``--only_evaluate``, the checkpoint's image sizes.
+- the split paths ``--data DIR`` (its detected layout) and ``--download_*_data`` point at, and, for
+  ``--only_evaluate``, the checkpoint's image sizes.
 Resolution is idempotent: a resolved spec resolves to itself, so the ``config.yaml`` a run writes, fed back
 with ``--config``, gives the same spec. Every builder then takes its values from the spec by keyword.
 """
@@ -22,7 +23,8 @@ from dataclasses import dataclass
 
 from .backbones.resolve import resolve_backbone, weights_source
 from .config import Config, ModelConfig, PretrainConfig, TrainConfig
-from .data.build import DataSources, coco_download_paths, open_sources
+from .data.build import DataSources, open_sources, resolve_paths
+from .data.layout import detect_layout
 from .models.persistence import checkpoint_settings, saved_model_settings
 
 log = logging.getLogger(__name__)
@@ -46,9 +48,16 @@ class RunPlan:
 def plan_run(config: Config, checkpoint: dict | None = None) -> RunPlan:
     """Read the run's annotation files (once) and resolve its spec with their classes. ``checkpoint``: the
     loaded ``--checkpoint`` (``--only_evaluate`` takes the model from it)."""
-    only_evaluate = config.train.only_evaluate
-    data = dataclasses.replace(config.data, **coco_download_paths(config.data))
-    sources = open_sources(data, train=not only_evaluate)
+    t = config.train
+    sources = open_sources(resolve_paths(config.data), train=not t.only_evaluate, seed=t.seed,
+                           run_folder=t.output_dir, resume=checkpoint is not None and not t.only_evaluate,
+                           split_validation=not t.debug)
+    where = config.data.data
+    if where:
+        layout = detect_layout(where)
+        log.info(sources.summary(f"dataset {where}: {layout.kind}, {layout.format} annotations"))
+    else:
+        log.info(sources.summary("data:"))
     classes = sources.train.classes() if sources.train is not None else None
     return RunPlan(resolve_run(config, classes=classes, checkpoint=checkpoint), sources)
 
@@ -69,11 +78,14 @@ def resolve_run(config: Config, *, classes: tuple[list[int], list[str]] | None =
             d = dataclasses.replace(d, **dataclasses.asdict(resize))
     else:
         if classes is None:
+            if d.data and not d.train_annotations:
+                raise ValueError(f"{d.data} has no training split to train on; give --train_images and "
+                                 "--train_annotations (or --only_evaluate)")
             raise ValueError("training needs --train_images and --train_annotations (or --only_evaluate)")
         m = resolve_backbone(_first_stage(m, t))
         m = _match_classes(m, *classes)
     t = _learning_rates(t, m)
-    d = dataclasses.replace(d, **coco_download_paths(d))
+    d = resolve_paths(d)
     return RunSpec(model=m, data=d, train=t, loss=config.loss, preset=config.preset, given=config.given)
 
 

@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         close_distributed()
     if metrics is not None:
+        kind = "ema_" if metrics.get("weights") == "ema" else ""
         print(f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  AP75 {metrics['AP75']:.4f}  "
-              f"-> {cfg.train.output_dir}/val_metrics_final.json")
+              f"-> {cfg.train.output_dir}/val_metrics_{kind}final.json")
     return 0
 
 

@@ -26,11 +26,11 @@ class Evaluation:
 
 def evaluate_model(model_path: str | Path, *, images: str | None, annotations: str, data_format: str = "auto",
                    score_threshold: float = 0.5, batch_size: int = 4, device: str = "auto",
-                   num_workers: int = -1, seed: int = 0) -> Evaluation:
+                   num_workers: int = -1, seed: int = 0, weights: str = "auto") -> Evaluation:
     """Predict every image of the annotated set at the sizes the model was trained with, then score."""
     from ..models.detector import ObjectDetector
 
-    model = ObjectDetector.from_pretrained(model_path)
+    model = ObjectDetector.from_pretrained(model_path, weights)
     source = open_source(images, annotations, data_format, "val", model.class_names)
     sizes = DataConfig(**dataclasses.asdict(model.resize))  # evaluation transform: the model's sizes only
     dataset = CocoDetection(source.images, source.coco, sizes, train=False, name=source.name)
@@ -43,5 +43,6 @@ def evaluate_model(model_path: str | Path, *, images: str | None, annotations: s
     log.info("evaluating %s on %d images of %s", model_path, len(dataset), source.name)
     results = predict_dataset(model.to(run_device), loader, run_device, model.category_ids)
     metrics, table = score_results(dataset.coco, results, score_threshold, dataset.ids, pr_curves=True)
+    metrics["weights"] = model.weights
     print(table)
     return Evaluation(metrics, results, dataset)

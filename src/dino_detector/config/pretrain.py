@@ -88,6 +88,7 @@ class PretrainRunConfig(Settings):
 class KnnConfig(Settings):
     """K-NN evaluation of object crops (--eval_knn)."""
     eval_knn: bool = False  # instead of pretraining: k-NN accuracy of annotated object crops
+    data: Optional[str] = None  # a dataset folder (as train --data): its training and validation splits' crops
     encoder: Optional[str] = None  # encoder_final.pth to evaluate (unset: --arch at random initialisation)
     annotations: Optional[str] = None  # COCO JSON of the k-NN training crops (images in --images[0])
     val_images: Optional[str] = None  # images of the validation crops (default: --images[0])

@@ -65,10 +65,14 @@ class ModelConfig(Settings):
 @dataclass(frozen=True)
 class DataConfig(Settings):
     """Datasets, formats, image sizes and augmentation."""
+    data: Optional[str] = None  # a dataset folder (COCO root, Roboflow COCO / YOLO export, data.yaml, VOC, LabelImg): layout detected
     train_images: Optional[str] = None  # folder of the training images (COCO JSON); VOC / YOLO folders name their own
     train_annotations: Optional[str] = None  # training annotations: COCO JSON, VOC folder, YOLO folder / data.yaml, HF dataset
     val_images: Optional[str] = None  # folder of the validation images
     val_annotations: Optional[str] = None  # validation annotations, in any format of --train_annotations
+    test_images: Optional[str] = None  # folder of the test images, evaluated after training (test_metrics_final.json)
+    test_annotations: Optional[str] = None  # test annotations, in any format of --train_annotations
+    val_fraction: float = 0.2  # without a validation split: this share of the training images validates (by --seed); 0: train on all, no validation
     testdev_images: Optional[str] = None  # unannotated images predicted after training (testdev_predictions_final.json)
     download_train_data: bool = False  # fetch COCO 2017 train into data_dir and train on it (unless paths are given)
     download_val_data: bool = False  # fetch COCO 2017 val into data_dir and validate on it (unless paths are given)
@@ -103,6 +107,8 @@ class TrainConfig(Settings):
     """Optimisation, schedule, checkpoints, evaluation and logging."""
     output_dir: str = "outputs"  # folder for config.yaml, checkpoints, metrics and predictions
     checkpoint: Optional[str] = None  # resume from this checkpoint (or evaluate it with --only_evaluate)
+    init_from: Optional[str] = None  # fine-tune a trained detector (checkpoint or folder): matching tensors, fresh run
+    weights: Literal["auto", "raw", "ema"] = "auto"  # --only_evaluate / --init_from: which weights; auto: EMA if kept
     skip_checkpoint_load: bool = False  # ignore --checkpoint and start fresh
     only_evaluate: bool = False  # evaluate --checkpoint on the validation set, no training
     debug: bool = False  # overfit check: debug_samples images for debug_epochs at debug_lr, validated on themselves
@@ -135,6 +141,8 @@ class TrainConfig(Settings):
     checkpoint_every: int = 10  # dino_detector_epoch_N.pth every N epochs (dino_detector_last.pth every epoch)
     keep_checkpoints: int = 0  # >0: keep only the newest K epoch checkpoints
     eval_every: int = 5  # validate every N epochs (and after the last); 0: only after the last
+    best_metric: Literal["AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "f1"] = "AP"  # picks dino_detector_best.pth
+    patience: int = 0  # >0: stop after this many evaluations without a better best_metric (early stopping)
     score_threshold: float = 0.5  # score cut-off of the precision / recall / F1 style metrics
     log_frequency: int = 10  # optimizer steps between TensorBoard scalar points
     log_dir: Optional[str] = None  # TensorBoard folder; default: <output_dir>/tensorboard[/<experiment_name>]

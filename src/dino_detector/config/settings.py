@@ -137,15 +137,15 @@ class Settings:
             raise SettingsError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
         fields, flat = cls.value_fields(), {}
         for key, value in data.items():
-            if key in cls.sections() and not isinstance(value, dict):
-                raise SettingsError(f"{where}: '{key}' is a section: expected a mapping of its settings, got {value!r}")
-            if key in cls.sections():
+            if key in cls.sections() and isinstance(value, dict):  # a section (a value may share its name)
                 for name, v in value.items():
                     if fields.get(name, (None,))[0] != key:
                         raise UnknownSettingError(f"{where}: unknown setting '{key}.{name}'{cls.suggest(name)}")
                     flat[name] = coerce(v, fields[name][2], f"{where}: {name}")
             elif key in fields:
                 flat[key] = coerce(value, fields[key][2], f"{where}: {key}")
+            elif key in cls.sections():
+                raise SettingsError(f"{where}: '{key}' is a section: expected a mapping of its settings, got {value!r}")
             else:
                 raise UnknownSettingError(f"{where}: unknown setting '{key}'{cls.suggest(str(key))}")
         return flat

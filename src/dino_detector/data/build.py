@@ -3,6 +3,7 @@ its datasets (debug and COCO-mini subsets included) and loaders. Every builder t
 from the resolved run specification (spec.py)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +15,12 @@ from ..config import DataConfig
 from ..runtime.device import resolve_num_workers
 from ..runtime.distributed import ShardSampler
 from .coco import CocoDetection, collate, load_coco
+from .coco_form import drop_empty_parent_categories
 from .coco_mini import load_indices, make_indices, save_indices
 from .formats import FORMATS, detect_format, read_voc, read_yolo
 from .images import folder_image_id, list_images, load_image, to_tensor_image
+from .layout import SPLITS, detect_layout
+from .splits import split_off_validation
 from .transforms import Resize, resize_for_inference
 
 log = logging.getLogger(__name__)
@@ -36,10 +40,32 @@ class Source:
         return [c["id"] for c in cats], [c["name"] for c in cats]
 
 
+    def counts(self) -> tuple[int, int]:
+        """(images, boxes that are not crowd)."""
+        anns = self.coco.dataset.get("annotations", [])
+        return len(self.coco.dataset["images"]), sum(1 for a in anns if not a.get("iscrowd", 0))
+
+
 @dataclass
 class DataSources:
     train: Source | None = None
     val: Source | None = None
+    test: Source | None = None
+    val_from_train: bool = False  # the validation images were split off the training split
+
+    def summary(self, title: str) -> str:
+        """What the run found, in a few lines: per split its images and boxes, then the classes."""
+        lines = [title]
+        for role in SPLITS:
+            source = getattr(self, role)
+            if source is not None:
+                images, boxes = source.counts()
+                origin = " (split off the training images)" if role == "val" and self.val_from_train else ""
+                lines.append(f"  {role:5s} {images:6d} images {boxes:7d} boxes  {source.name}{origin}")
+        reference = self.train or self.val or self.test
+        if reference is not None:
+            lines.append(f"  classes ({len(reference.classes()[1])}): {', '.join(reference.classes()[1])}")
+        return "\n".join(lines)
 
 
 def open_source(images: str | None, annotations: str, data_format: str, role: str,
@@ -52,7 +78,13 @@ def open_source(images: str | None, annotations: str, data_format: str, role: st
     if fmt == "coco":
         if images is None:
             raise ValueError(f"COCO annotations {annotations} need their image folder (--{role}_images)")
-        return Source(Path(images), load_coco(annotations), str(annotations))
+        coco = load_coco(annotations)
+        cleaned, dropped = drop_empty_parent_categories(coco.dataset)
+        if dropped:
+            log.info("%s: category %s left out: it has no boxes and names the other categories' supercategory "
+                     "(an export's parent category, not a class)", annotations, ", ".join(dropped))
+            coco = load_coco(cleaned)
+        return Source(Path(images), coco, str(annotations))
     if fmt == "voc":
         converted = read_voc(annotations, role, class_names, images)
     elif fmt == "yolo":
@@ -66,17 +98,48 @@ def open_source(images: str | None, annotations: str, data_format: str, role: st
     return Source(converted.images_dir, load_coco(converted.coco), name)
 
 
-def open_sources(data: DataConfig, *, train: bool) -> DataSources:
-    """The annotation files of a run, read once: the training split (when ``train``) and the validation split."""
+def open_sources(data: DataConfig, *, train: bool, seed: int = 0, run_folder: str | Path | None = None,
+                 resume: bool = False, split_validation: bool = True) -> DataSources:
+    """The annotation files of a run, read once: the training split (when ``train``), the validation split
+    (or, without one and with ``split_validation``, a seeded ``val_fraction`` of the training images, listed in
+    ``run_folder`` and reused on ``resume``) and the test split."""
     sources = DataSources()
     if train and data.train_annotations:
         sources.train = open_source(data.train_images, data.train_annotations, data.data_format, "train",
                                     hf_split=data.hf_train_split)
+    names = sources.train.classes()[1] if sources.train is not None else None
     if data.val_annotations:
-        names = sources.train.classes()[1] if sources.train is not None else None
         sources.val = open_source(data.val_images, data.val_annotations, data.data_format, "val", names,
                                   data.hf_val_split)
+    elif sources.train is not None and split_validation and data.val_fraction > 0:
+        src = sources.train
+        kept, held_out, _ = split_off_validation(src.coco.dataset, fraction=data.val_fraction, seed=seed,
+                                                 folder=Path(run_folder) if run_folder else None, reuse=resume)
+        sources.train = Source(src.images, load_coco(kept), src.name)
+        sources.val = Source(src.images, load_coco(held_out), f"{src.name}, validation share")
+        sources.val_from_train = True
+    if data.test_annotations:
+        sources.test = open_source(data.test_images, data.test_annotations, data.data_format, "test", names)
     return sources
+
+
+def layout_paths(data: DataConfig) -> dict:
+    """The split paths ``--data DIR`` points at, for the splits whose paths were not given."""
+    if not data.data:
+        return {}
+    layout = detect_layout(data.data)
+    paths = {}
+    for role, files in layout.splits.items():
+        if not getattr(data, f"{role}_annotations"):
+            paths[f"{role}_annotations"] = files.annotations
+            paths[f"{role}_images"] = getattr(data, f"{role}_images") or files.images
+    return paths
+
+
+def resolve_paths(data: DataConfig) -> DataConfig:
+    """``data`` with the paths that ``--data`` and ``--download_*_data`` point at filled in (given paths win)."""
+    data = dataclasses.replace(data, **coco_download_paths(data))
+    return dataclasses.replace(data, **layout_paths(data))
 
 
 def coco_download_paths(data: DataConfig) -> dict:
@@ -132,13 +195,17 @@ def build_datasets(spec, sources: DataSources) -> tuple[CocoDetection | None, Co
             log.info("debug mode: %d training images, validated on the same images", len(train.ids))
             return train, val
     if sources.val is not None:
-        src = sources.val
-        val = CocoDetection(src.images, src.coco, d, train=False, name=src.name,
-                            image_ids=mini.get("val_image_ids") if mini else None)
-        if val.category_ids != list(spec.model.category_ids):
-            raise ValueError(f"validation categories {val.category_ids} ({src.name}) differ from the model's "
-                             f"{list(spec.model.category_ids)}; both must list the same categories")
+        val = evaluation_dataset(sources.val, spec, mini.get("val_image_ids") if mini else None)
     return train, val
+
+
+def evaluation_dataset(src: Source, spec, image_ids: list[int] | None = None) -> CocoDetection:
+    """A validation or test split, checked to have the model's categories."""
+    dataset = CocoDetection(src.images, src.coco, spec.data, train=False, name=src.name, image_ids=image_ids)
+    if dataset.category_ids != list(spec.model.category_ids):
+        raise ValueError(f"categories {dataset.category_ids} of {src.name} differ from the model's "
+                         f"{list(spec.model.category_ids)}; every split must list the same categories")
+    return dataset
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, num_workers: int, device: torch.device, shuffle: bool,

@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from .formats import Converted, add_box, add_image, coco_skeleton
+from .coco_form import Converted, add_box, add_image, coco_skeleton
 
 CACHE = Path.home() / ".cache" / "dino_detector" / "hf"
 SLICE = re.compile(r"^(?P<split>[\w.-]+)(\[(?P<start>-?\d*)(?P<pct1>%?):(?P<stop>-?\d*)(?P<pct2>%?)\])?$")

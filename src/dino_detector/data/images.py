@@ -57,8 +57,17 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def to_tensor_image(image) -> torch.Tensor:
-    """A [3, H, W] float tensor in 0..1 from a path, PIL image, HxW(x3/4) uint8/float array or tensor."""
+COLOR_ORDERS = ("rgb", "bgr")
+
+
+def to_tensor_image(image, color: str = "rgb") -> torch.Tensor:
+    """A [3, H, W] RGB float tensor in 0..1 from a path, PIL image, HxW(x3/4) uint8/float array or tensor.
+    ``color``: the channel order of an array or tensor input, "rgb" or "bgr" (OpenCV's ``cv2.imread``); files
+    and PIL images know their own."""
+    if color not in COLOR_ORDERS:
+        raise ValueError(f"color must be one of {COLOR_ORDERS}, got '{color}'")
+    if isinstance(image, (np.ndarray, torch.Tensor)) and color == "bgr":
+        image = image[..., ::-1] if isinstance(image, np.ndarray) else image.flip(0)
     if isinstance(image, (str, Path)):
         image = load_image(image)
     if isinstance(image, Image.Image):

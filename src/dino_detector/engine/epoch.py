@@ -13,6 +13,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torchvision.ops import box_convert
@@ -26,6 +27,7 @@ from .optim import apply_lr
 from .run import RunContext
 
 IMAGE_LOG_THRESHOLD = 0.3  # predicted boxes drawn in logged images: score at least this (top 20)
+PACE_STEPS = 3  # ``pace`` is told the time per step after this many steps (the first ones include warm-up)
 
 
 def windows(loader, size: int):
@@ -91,9 +93,12 @@ class EpochResult:
     images: int  # images seen by all processes
 
 
-def train_one_epoch(state: TrainState, loader, *, epoch: int, settings: StepSettings, run: RunContext) -> EpochResult:
+def train_one_epoch(state: TrainState, loader, *, epoch: int, settings: StepSettings, run: RunContext,
+                    pace: Callable[[float], None] | None = None, histograms: bool = True) -> EpochResult:
     """One pass over ``loader``, advancing ``state``; stops early (every process at the same step) when the
-    run's time budget is spent."""
+    run's time budget is spent. ``pace(seconds per step)`` is called once, after PACE_STEPS steps.
+    ``histograms``: write the parameter / gradient histograms of the epoch's last step (costly: a tiny
+    model's take as long as its training step, so the trainer asks for them on evaluated epochs only)."""
     device, world, accum = run.device, run.dist.world_size, settings.accum_steps
     state.module.train()
     sums: dict[str, float] = {}
@@ -136,7 +141,7 @@ def train_one_epoch(state: TrainState, loader, *, epoch: int, settings: StepSett
         state.scaler.update()
         if state.ema is not None:
             state.ema.update_parameters(state.model)
-        if w == total - 1:
+        if histograms and w == total - 1:
             run.logger.histograms(state.model, state.step)  # gradients of the epoch's last step, before clearing
         state.optimizer.zero_grad(set_to_none=True)
         state.step += 1
@@ -152,6 +157,8 @@ def train_one_epoch(state: TrainState, loader, *, epoch: int, settings: StepSett
             run.logger.scalars(memory_stats(device), state.step, "memory")
             run.logger.scalars({"images_per_s": images / max(time.time() - step_started, 1e-9)}, state.step, "perf")
         step_started = time.time()  # the next step's time includes loading its batches
+        if pace is not None and n == min(PACE_STEPS, total):
+            pace((step_started - started) / n)
         if settings.log_images_frequency and state.step % settings.log_images_frequency == 0:
             log_training_image(run, state, images_j[0], targets_j[0], outputs)
         if run.out_of_time(state.elapsed + time.time() - started):

@@ -1,6 +1,7 @@
-"""A detection run: resolve the spec, build data, model, criterion, optimizer, EMA and scaler from it, resume,
-run the epochs, checkpoint and evaluate, writing the files ARCHITECTURE.md lists ("what a run writes"). The
-run skeleton (processes, seeds, time budget, atomic saves) is engine/run.py."""
+"""A detection run: resolve the spec, build data, model, criterion, optimizer, EMA and scaler from it, resume
+(or start from a trained detector), run the epochs, checkpoint, evaluate, keep the best checkpoint and stop
+early, writing the files ARCHITECTURE.md lists ("what a run writes"). The run skeleton (processes, seeds,
+time budget, atomic saves) is engine/run.py; best-checkpoint selection and results.csv are selection.py."""
 from __future__ import annotations
 
 import logging
@@ -12,22 +13,25 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..backbones.adapters import unfreeze
 from ..config import Config
-from ..data.build import build_datasets, fetch_requested_data, make_loader
+from ..data.build import build_datasets, evaluation_dataset, fetch_requested_data, make_loader
 from ..losses.criterion import build_criterion
 from ..models.detector import ObjectDetector
 from ..models.persistence import load_detector_checkpoint, load_model_state
+from ..models.transfer import init_from
 from ..runtime.checkpoint import prune_epoch_checkpoints
 from ..runtime.device import resolve_amp
-from ..runtime.distributed import barrier
+from ..runtime.distributed import barrier, sum_across_processes
 from ..runtime.memory import memory_stats, reset_peak
 from ..spec import RunSpec, plan_run
 from .ema import ema_model
 from .epoch import StepSettings, TrainState, train_one_epoch
 from .optim import backbone_groups, build_optimizer, lr_schedule
 from .run import RunContext
+from .selection import BEST_FILE, RESULTS_FILE, BestTracker, ResultsLog
 from .validation import evaluate, predict_testdev
 
 log = logging.getLogger(__name__)
+CPU_RECIPE = "--preset two-stage --batch_size 8 --image_size 384 --lr 5e-4"  # README, "Train on your own data"
 
 
 class Trainer:
@@ -35,6 +39,9 @@ class Trainer:
 
     def __init__(self, config: Config):
         t = config.train
+        if t.init_from and t.checkpoint and not t.skip_checkpoint_load:
+            raise ValueError("--init_from starts a new run from a trained detector; --checkpoint resumes one: "
+                             "give one of them")
         self.run = RunContext(device=t.device, seed=t.seed, output_dir=t.output_dir, time_budget_min=t.time_budget_min,
                               log_dir=_log_dir(t))
         if self.run.is_main:
@@ -47,20 +54,27 @@ class Trainer:
         self.device = self.run.device
         self.amp_dtype = resolve_amp(amp=t.amp, amp_dtype=t.amp_dtype, device=self.device)
         self.train_set, self.val_set = build_datasets(spec, plan.sources)
+        self.test_set = evaluation_dataset(plan.sources.test, spec) if plan.sources.test is not None else None
         self.model = ObjectDetector(config=spec.model, resize=spec.data).to(self.device)
-        if ckpt is not None:
-            load_model_state(self.model, ckpt, t.checkpoint)
+        if ckpt is not None:  # evaluated weights: the chosen ones; resumed: the raw ones (EMA resumes on its own)
+            self.model.weights = load_model_state(self.model, ckpt, t.checkpoint,
+                                                  t.weights if t.only_evaluate else "raw")
+        elif t.init_from:
+            init_from(self.model, t.init_from, t.weights)
         log.info(self.model.parameter_summary())
         self.criterion = build_criterion(num_classes=self.model.num_classes, loss_cfg=spec.loss,
                                          softmax=self.model.softmax).to(self.device)
         optimizer = build_optimizer(self.model, lr=t.lr, backbone_lr=t.lr_backbone, layer_decay=t.layer_decay,
                                     weight_decay=t.weight_decay)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        ema = ema_model(self.model, t.ema_decay) if t.ema else None
+        ema = ema_model(self.model, t.ema_decay) if t.ema and not t.only_evaluate else None
         self.state = TrainState(self.model, self._wrap(), self.criterion, optimizer, scaler, ema)
         self.start_epoch = 0
         self.history: list[dict] = []  # mean training losses per epoch
-        if ckpt is not None and not t.only_evaluate:
+        self.best = BestTracker(t.best_metric, t.patience)
+        resuming = ckpt is not None and not t.only_evaluate
+        self.results = (ResultsLog.resume if resuming else ResultsLog)(self.run.out / RESULTS_FILE)
+        if resuming:
             self._resume(ckpt)
         if self.run.is_main:
             spec.save(self.run.out / "config.yaml")
@@ -68,6 +82,11 @@ class Trainer:
     @property
     def ema(self):
         return self.state.ema
+
+    @property
+    def deployed(self) -> str:
+        """Which weights the run ships: the EMA's when it keeps one."""
+        return "ema" if self.state.ema is not None else "raw"
 
     # ------------------------------------------------------------------ setup
     def _wrap(self) -> torch.nn.Module:
@@ -105,6 +124,7 @@ class Trainer:
             self.state.ema.load_state_dict(ckpt["ema"])
         self.state.step, self.state.elapsed = ckpt.get("step", 0), ckpt.get("elapsed", 0.0)
         self.history = list(ckpt.get("history", []))
+        self.best.load(ckpt.get("best"))
         self.run.restore_rng(ckpt.get("rng"))
         log.info("resumed from %s: next epoch %d, step %d", self.spec.train.checkpoint, self.start_epoch + 1,
                  self.state.step)
@@ -116,26 +136,60 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": s.optimizer.state_dict(),
             "scaler": s.scaler.state_dict() if s.scaler.is_enabled() else None,
             "ema": s.ema.state_dict() if s.ema is not None else None, "epoch": epoch, "step": s.step,
-            "elapsed": s.elapsed, "history": self.history, "metadata": self.model.metadata(),
-            "spec": self.spec.to_dict()})
+            "elapsed": s.elapsed, "history": self.history, "best": self.best.state(), "deploy": self.deployed,
+            "metadata": self.model.metadata(), "spec": self.spec.to_dict()})
 
-    # ------------------------------------------------------------------ evaluation
+    # ------------------------------------------------------------------ evaluation and selection
     def evaluate(self, epoch: int | None, tag: str) -> dict | None:
-        """Raw weights (``val_metrics_<tag>.json``) and, with --ema, the average (``val_metrics_ema_<tag>.json``)."""
+        """Raw weights (``val_metrics_<tag>.json``) and, with --ema, the average (``val_metrics_ema_<tag>.json``);
+        returns the deployed weights' metrics on process 0 (None elsewhere, or without a validation set)."""
         if self.val_set is None:
             return None
         common = dict(criterion=self.criterion, spec=self.spec, run=self.run, epoch=epoch, tag=tag,
                       step=self.state.step, elapsed=self.state.elapsed)
-        metrics = evaluate(self.model, self.val_set, **common)
+        evaluated = {self.model.weights: evaluate(self.model, self.val_set, weights=self.model.weights, **common)}
         if self.state.ema is not None:
-            evaluate(self.state.ema.module, self.val_set, prefix="ema_", **common)
-        return metrics
+            evaluated["ema"] = evaluate(self.state.ema.module, self.val_set, prefix="ema_", weights="ema", **common)
+        if self.run.is_main:
+            lrs = {g["name"]: g["lr"] for g in self.state.optimizer.param_groups}
+            for which, metrics in evaluated.items():
+                self.results.add(metrics, weights=which, train_losses=self.history[-1] if self.history else {},
+                                 lrs=lrs)
+        return evaluated[self.deployed if self.deployed in evaluated else self.model.weights]
+
+    def _select(self, metrics: dict | None, epoch: int) -> bool:
+        """Keep ``dino_detector_best.pth`` when the deployed weights improved; True when the run should stop
+        (early stopping). Process 0 decides; every process takes part in the save and the decision."""
+        improved = self.run.is_main and metrics is not None and self.best.update(metrics, epoch)
+        stop = self.run.is_main and self.best.should_stop
+        improved, stop = (v > 0 for v in sum_across_processes([float(improved), float(stop)], self.device))
+        if improved:
+            self.save(BEST_FILE, max(epoch - 1, 0))
+            if self.run.is_main:
+                log.info("best %s %.4f (%s weights) -> %s", self.best.metric, self.best.value, self.deployed, BEST_FILE)
+        if stop:
+            log.info("early stopping: %d evaluations without a better %s (best %.4f at epoch %s)",
+                     self.best.stale, self.best.metric, self.best.value, self.best.epoch)
+        return stop
+
+    def evaluate_test(self) -> dict | None:
+        """The shipped weights (the best checkpoint's, else the final ones) on the test split:
+        ``test_metrics_final.json``."""
+        if self.test_set is None:
+            return None
+        best = self.run.out / BEST_FILE
+        model = (ObjectDetector.from_checkpoint(best).to(self.device) if best.is_file()
+                 else self.state.ema.module if self.state.ema is not None else self.model)
+        return evaluate(model, self.test_set, criterion=self.criterion, spec=self.spec, run=self.run,
+                        epoch=None, tag="final", split="test", weights=self.deployed, step=self.state.step,
+                        elapsed=self.state.elapsed)
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict | None:
         spec, t = self.spec, self.spec.train
         if t.only_evaluate:
             metrics = self.evaluate(None, "final")
+            self.evaluate_test()
             predict_testdev(self.model, spec=spec, run=self.run)
             return metrics
         loader = make_loader(self.train_set, batch_size=t.batch_size, num_workers=spec.data.num_workers,
@@ -151,6 +205,7 @@ class Trainer:
         log.info("training %d images for %d epochs on %s x %d (%d steps of %d images per epoch)",
                  len(self.train_set), t.epochs, self.device, self.run.dist.world_size, steps_per_epoch,
                  t.batch_size * self.run.dist.world_size * settings.accum_steps)
+        hint = self._pace_hint(steps_per_epoch) if self.device.type == "cpu" and self.run.is_main else None
         for epoch in range(self.start_epoch, t.epochs):
             # the order of an epoch is fixed by (seed, epoch): a resumed run sees the same batches
             loader.sampler.set_epoch(epoch)
@@ -159,7 +214,10 @@ class Trainer:
                 self._unfreeze_backbone()
             reset_peak(self.device)
             started = time.time()
-            result = train_one_epoch(self.state, loader, epoch=epoch, settings=settings, run=self.run)
+            evaluated = epoch + 1 == t.epochs or bool(t.eval_every and (epoch + 1) % t.eval_every == 0)
+            result = train_one_epoch(self.state, loader, epoch=epoch, settings=settings, run=self.run, pace=hint,
+                                     histograms=evaluated)
+            hint = None  # said once
             self._epoch_summary(epoch, result.means, result.images, time.time() - started)
             self.save("dino_detector_last.pth", epoch)  # a finished epoch is never lost
             if t.checkpoint_every and (epoch + 1) % t.checkpoint_every == 0:
@@ -170,12 +228,29 @@ class Trainer:
                 log.info("time budget of %.1f min reached after %d steps", t.time_budget_min, self.state.step)
                 break
             if t.eval_every and (epoch + 1) % t.eval_every == 0 and epoch + 1 < t.epochs:
-                self.evaluate(epoch + 1, f"epoch_{epoch + 1}")
+                if self._select(self.evaluate(epoch + 1, f"epoch_{epoch + 1}"), epoch + 1):
+                    break
         self.save("dino_detector_final.pth", max(epoch, 0))
         metrics = self.evaluate(epoch + 1, "final")
+        if self.val_set is not None:
+            self._select(metrics, epoch + 1)
+        self.evaluate_test()
         predict_testdev(self.model, spec=spec, run=self.run)
         self.run.close()
         return metrics
+
+    def _pace_hint(self, steps_per_epoch: int):
+        """After the first steps on a CPU: what one epoch will take at the measured rate, and, unless the run
+        uses it, the CPU recipe (said once; nothing the user asked for changes)."""
+        recipe = self.spec.preset != "two-stage"
+
+        def say(seconds_per_step: float) -> None:
+            seconds = seconds_per_step * steps_per_epoch
+            took = f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+            log.info("on this CPU a step takes %.1f s: one epoch of %d step%s takes about %s%s", seconds_per_step,
+                     steps_per_epoch, "" if steps_per_epoch == 1 else "s", took, f". For a first try on a CPU, the recipe that learns fastest per CPU "
+                     f"minute here is `{CPU_RECIPE}` (README)" if recipe else "")
+        return say
 
     def _epoch_summary(self, epoch: int, means: dict, images: int, seconds: float) -> None:
         """Losses, time, throughput and memory of an epoch: console, history, TensorBoard."""

@@ -22,9 +22,10 @@ def _loader(dataset, spec, run: RunContext):
 
 
 def evaluate(model, dataset, *, criterion, spec, run: RunContext, epoch: int | None, tag: str, prefix: str = "",
-             step: int = 0, elapsed: float = 0.0) -> dict | None:
+             step: int = 0, elapsed: float = 0.0, split: str = "val", weights: str = "raw") -> dict | None:
     """Metrics of ``model`` on ``dataset`` (on process 0; None elsewhere), written as
-    ``val_metrics_<prefix><tag>.json``; ``tag`` ``final`` also writes the predictions."""
+    ``<split>_metrics_<prefix><tag>.json`` with the ``weights`` they measured (raw or ema); ``tag`` ``final``
+    also writes the predictions (``<split>_predictions_<prefix>final.json``)."""
     loss_sums: dict[str, float] = {}
 
     def add_loss(outputs, targets):  # validation loss: the training criterion on each batch
@@ -42,22 +43,22 @@ def evaluate(model, dataset, *, criterion, spec, run: RunContext, epoch: int | N
     if not run.is_main:
         return None
     metrics, table = score_results(dataset.coco, results, spec.train.score_threshold, dataset.ids)
-    metrics["epoch"] = epoch
+    metrics["epoch"], metrics["weights"] = epoch, weights
     metrics["step"], metrics["train_seconds"] = step, round(elapsed, 1)  # for AP-vs-time curves
     batches = totals.pop("batches", 0.0)
     metrics["losses"] = {k: v / batches for k, v in totals.items()} if batches else {}
-    write_json(metrics, run.out / f"val_metrics_{prefix}{tag}.json")
+    write_json(metrics, run.out / f"{split}_metrics_{prefix}{tag}.json")
     if tag == "final":
-        write_json(results, run.out / f"val_predictions_{prefix}final.json", indent=None)
+        write_json(results, run.out / f"{split}_predictions_{prefix}final.json", indent=None)
         if not prefix:
             print(table)
-    group = f"val_{prefix[:-1]}" if prefix else "val"
+    group = f"{split}_{prefix[:-1]}" if prefix else split
     run.logger.scalars({k: v for k, v in metrics.items() if k in STAT_KEYS}, step, group)
     run.logger.scalars(metrics["losses"], step, group)
     run.logger.scalars(metrics["per_class"], step, f"{group}_per_class_AP")
     run.logger.scalars(metrics["per_class_precision"], step, f"{group}_per_class_precision")
-    log.info("%s%s: AP %.4f AP50 %.4f AP75 %.4f (%d images)", prefix, tag, metrics["AP"], metrics["AP50"],
-             metrics["AP75"], metrics["num_images"])
+    log.info("%s %s%s (%s weights): AP %.4f AP50 %.4f AP75 %.4f (%d images)", split, prefix, tag, weights,
+             metrics["AP"], metrics["AP50"], metrics["AP75"], metrics["num_images"])
     return metrics
 
 

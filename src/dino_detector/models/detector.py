@@ -72,6 +72,7 @@ class ObjectDetector(nn.Module):
         self.config = resolve_backbone(with_classes(cfg, num_classes, category_ids, class_names))
         self.resize = Resize.of(resize if resize is not None else data_config if data_config is not None else Resize())
         self.backbone_mode = self.config.backbone_mode  # "full" once a frozen first stage is unfrozen
+        self.weights = "raw"  # which weights of a checkpoint were loaded: raw or ema
         self._build(self.config)
 
     def _build(self, cfg: ModelConfig) -> None:
@@ -135,6 +136,16 @@ class ObjectDetector(nn.Module):
     def data_config(self) -> Resize:
         """Older name of ``resize``."""
         return self.resize
+
+    def class_indexed_tensors(self) -> set[str]:
+        """State-dict names of the tensors whose first dimension indexes the classes (each class head's last
+        layer, with a softmax classifier's "no object" row last; the denoising label embedding)."""
+        heads = [f"decoder.class_heads.{i}" for i in range(len(self.decoder.class_heads))]
+        if self.proposals is not None:
+            heads.append("proposals.class_head")
+        last = {h: len(self.get_submodule(h).layers) - 1 for h in heads}
+        names = {f"{h}.layers.{i}.{p}" for h, i in last.items() for p in ("weight", "bias")}
+        return names | ({"denoising.label_embed.weight"} if self.denoising is not None else set())
 
     @property
     def softmax(self) -> bool:
@@ -244,17 +255,20 @@ class ObjectDetector(nn.Module):
 
     # ---------------------------------------------------------------- inference API
     @torch.no_grad()
-    def predict(self, images, threshold: float = 0.5, top_k: int = 100):
-        """Detect objects in a path, PIL image, HxWx3 array, [3, H, W] tensor, or a list of those.
+    def predict(self, images, threshold: float = 0.5, top_k: int = 100, color: str = "rgb"):
+        """Detect objects in a path, PIL image, HxWx3 array, [3, H, W] tensor, or a list of those. ``color``:
+        the channel order of array and tensor inputs, "rgb" or "bgr" (an OpenCV ``cv2.imread`` image).
 
-        Returns a dict per image (a list for a list input): boxes [N, 4] xyxy in original pixels, scores,
-        labels (dataset category ids) and label_names."""
+        Returns a ``Prediction`` per image (a list for a list input): a dict of boxes [N, 4] xyxy in original
+        pixels, scores, labels (dataset category ids) and label_names, with ``to_coco()`` and
+        ``to_supervision()``."""
         from ..data.images import to_tensor_image
         from ..data.transforms import resize_for_inference
+        from .prediction import Prediction
 
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        tensors = [to_tensor_image(item) for item in items]
+        tensors = [to_tensor_image(item, color) for item in items]
         device = next(self.parameters()).device
         was_training = self.training
         self.eval()
@@ -266,8 +280,8 @@ class ObjectDetector(nn.Module):
         results = []
         for det in dets:
             names = [self.class_names[i] for i in det["labels"].tolist()]
-            results.append({"boxes": det["boxes"].cpu(), "scores": det["scores"].cpu(),
-                            "labels": det["category_ids"].cpu(), "label_names": names})
+            results.append(Prediction(boxes=det["boxes"].cpu(), scores=det["scores"].cpu(),
+                                      labels=det["category_ids"].cpu(), label_names=names))
         return results[0] if single else results
 
     # ---------------------------------------------------------------- persistence (models/persistence.py)
@@ -287,18 +301,20 @@ class ObjectDetector(nn.Module):
         return cls(config=cfg, resize=resize)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> "ObjectDetector":
-        """Rebuild a model from a training checkpoint (``dino_detector_*.pth``), offline. Raises
-        FileNotFoundError, or ValueError for a file that is not a checkpoint of this library."""
+    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu", weights: str = "auto") -> "ObjectDetector":
+        """Rebuild a model from a training checkpoint (``dino_detector_*.pth``), offline, with its deployable
+        weights (``weights="auto"``: the EMA's when the run kept one) or the ``"raw"`` / ``"ema"`` ones.
+        Raises FileNotFoundError, or ValueError for a file that is not a checkpoint of this library."""
         from .persistence import load_detector_checkpoint
-        return cls.from_checkpoint_dict(load_detector_checkpoint(path, map_location), path)
+        return cls.from_checkpoint_dict(load_detector_checkpoint(path, map_location), path, weights)
 
     @classmethod
-    def from_checkpoint_dict(cls, ckpt: dict, path: str | Path = "checkpoint") -> "ObjectDetector":
-        """The model of an already loaded checkpoint dict (``path`` names it in error messages)."""
+    def from_checkpoint_dict(cls, ckpt: dict, path: str | Path = "checkpoint", weights: str = "auto") -> "ObjectDetector":
+        """The model of an already loaded checkpoint dict (``path`` names it in error messages); ``weights``
+        as for ``from_checkpoint``. ``model.weights`` says which were loaded."""
         from .persistence import checkpoint_settings, load_model_state
         model = cls.from_metadata(checkpoint_settings(ckpt))
-        load_model_state(model, ckpt, path)
+        model.weights = load_model_state(model, ckpt, path, weights)
         return model
 
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None, spec: dict | None = None,
@@ -310,10 +326,11 @@ class ObjectDetector(nn.Module):
         save_pretrained(self, directory, metrics, spec if spec is not None else run_config)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "ObjectDetector":
-        """A ``save_pretrained`` folder, or a training checkpoint file (``dino_detector_*.pth``)."""
+    def from_pretrained(cls, directory: str | Path, weights: str = "auto") -> "ObjectDetector":
+        """A ``save_pretrained`` folder, or a training checkpoint file (``dino_detector_*.pth``; ``weights``:
+        auto = the deployable ones, raw or ema)."""
         from .persistence import load_pretrained
-        return load_pretrained(cls, directory)
+        return load_pretrained(cls, directory, weights)
 
 
 DINOv2ObjectDetector = ObjectDetector  # the public name since the first release: DINOv2, DINOv3 and flexible backbones

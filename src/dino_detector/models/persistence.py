@@ -3,9 +3,12 @@ rebuilds a model from either.
 
 A training checkpoint holds ``spec`` (the run specification, as in ``config.yaml``) and ``metadata`` (the
 model's own view of it: its model section with the backbone mode it trains in now, image sizes and
-classes); a ``save_pretrained`` folder's ``config.json`` holds the run specification when it came from a
-run, else the model's metadata. Both have the same ``model`` / ``data`` layout, so ``saved_model_settings``
-reads every one of them, and the files of earlier versions (classes at the top level) as well.
+classes), and two sets of weights when the run kept an EMA: ``model`` (raw) and ``ema``. The deployable
+weights are the EMA's when there is one (``weights="auto"``); ``"raw"`` / ``"ema"`` choose. A
+``save_pretrained`` folder holds one set, and its ``config.json`` the run specification when it came from a
+run, else the model's metadata, with ``weights`` (which set). Both have the same ``model`` / ``data``
+layout, so ``saved_model_settings`` reads every one of them, and the files of earlier versions (classes at
+the top level) as well.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from ..config import ModelConfig
 from ..data.transforms import Resize
 from ..runtime.checkpoint import load_checkpoint
 
+WEIGHTS = ("auto", "raw", "ema")
 # settings that change the training, or are recorded, not the shapes: not reported as architecture differences
 NOT_ARCHITECTURE = {"pretrained", "dino_weights", "backbone_weights", "backbone_arch", "backbone_mode", "lora_dropout",
                     "dropout", "head_dropout", "aux_loss", "class_names", "category_ids"}
@@ -48,17 +52,36 @@ def load_detector_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return ckpt
 
 
-def load_model_state(model: torch.nn.Module, ckpt: dict, path: str | Path) -> None:
-    """Strict load; on any mismatch a ValueError lists the differing settings and tensors."""
+def deployable(ckpt: dict) -> str:
+    """'ema' when the checkpoint holds EMA weights (what a run with --ema evaluates for best and ships)."""
+    return "ema" if ckpt.get("ema") else "raw"
+
+
+def checkpoint_weights(ckpt: dict, weights: str = "auto", path: str | Path = "checkpoint") -> tuple[dict, str]:
+    """(model state dict, which: 'raw' or 'ema') of a checkpoint; ``auto``: the deployable ones."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got '{weights}'")
+    which = deployable(ckpt) if weights == "auto" else weights
+    if which == "raw":
+        return ckpt["model"], "raw"
+    if not ckpt.get("ema"):
+        raise ValueError(f"{path} holds no EMA weights (its run trained without --ema); use --weights raw")
+    prefix = "module."  # torch's AveragedModel wraps the model as .module and counts updates in n_averaged
+    return {k[len(prefix):]: v for k, v in ckpt["ema"].items() if k.startswith(prefix)}, "ema"
+
+
+def load_model_state(model: torch.nn.Module, ckpt: dict, path: str | Path, weights: str = "raw") -> str:
+    """Strict load of the checkpoint's ``weights`` (raw, ema or auto); returns which were loaded. On any
+    mismatch a ValueError lists the differing settings and tensors."""
     own = model.state_dict()
-    saved = ckpt["model"]
+    saved, which = checkpoint_weights(ckpt, weights, path)
     missing = sorted(set(own) - set(saved))
     unexpected = sorted(set(saved) - set(own))
     shapes = [f"{k}: checkpoint {tuple(saved[k].shape)}, model {tuple(own[k].shape)}"
               for k in own if k in saved and own[k].shape != saved[k].shape]
     if not (missing or unexpected or shapes):
         model.load_state_dict(saved)
-        return
+        return which
     was, now = checkpoint_settings(ckpt).get("model", {}), model.metadata().get("model", {})
     settings = [f"{k}: checkpoint {was.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(was) | set(now))
                 if k not in NOT_ARCHITECTURE and was.get(k) != now.get(k)]
@@ -81,17 +104,21 @@ def save_pretrained(model, directory: str | Path, metrics: dict | None = None, s
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"))
-    (directory / "config.json").write_text(json.dumps(spec if spec is not None else model.metadata(), indent=2))
+    saved = {**(spec if spec is not None else model.metadata()), "weights": model.weights}  # raw or ema
+    (directory / "config.json").write_text(json.dumps(saved, indent=2))
     (directory / "README.md").write_text(model_card(model, metrics, spec))
 
 
-def load_pretrained(cls, directory: str | Path):
+def load_pretrained(cls, directory: str | Path, weights: str = "auto"):
+    """A ``save_pretrained`` folder (its one set of weights) or a checkpoint file (``weights``: auto, raw, ema)."""
     from safetensors.torch import load_file
     directory = Path(directory)
     if directory.is_file():
-        return cls.from_checkpoint(directory)
-    model = cls.from_metadata(saved_settings(directory))
+        return cls.from_checkpoint(directory, weights=weights)
+    saved = saved_settings(directory)
+    model = cls.from_metadata(saved)
     model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    model.weights = saved.get("weights", "raw")  # a folder holds one set: the one it was exported with
     return model
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 TRUE_COLOUR, PRED_COLOUR = "lime", "red"
@@ -37,10 +38,12 @@ def setup_console(level: int = logging.INFO) -> None:
 
 
 def write_json(obj, path: str | Path, indent: int | None = 2) -> None:
-    """Atomic JSON write; ``indent=None`` for large files such as prediction lists."""
+    """Atomic JSON write (a temporary file of its own, then a rename: processes writing the same file never
+    see half of it); ``indent=None`` for large files such as prediction lists."""
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(obj, indent=indent))
     os.replace(tmp, path)
 
 

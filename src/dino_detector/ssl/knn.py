@@ -6,8 +6,6 @@ of DINO's k-NN evaluation). No training is involved, so the score reflects the f
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from pathlib import Path
 from typing import Callable
@@ -17,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
+from ..data.coco import load_coco
 from ..data.images import load_image
 
 # Queries are scored in chunks so the [chunk, N] similarity matrix stays small even for large train sets.
@@ -36,17 +35,13 @@ def object_crops(images_dir, annotations_json, size: int = 64, min_side: float =
         labels: int64 [N], contiguous indices 0..C-1 following the sorted category ids.
         class_names: list of C names in that order.
     """
-    from pycocotools.coco import COCO
-
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     if context < 0:
         raise ValueError(f"context must be >= 0, got {context}")
-    annotations_json = Path(annotations_json)
-    if not annotations_json.is_file():
+    if isinstance(annotations_json, (str, Path)) and not Path(annotations_json).is_file():
         raise ValueError(f"annotation file not found: {annotations_json}")
-    with contextlib.redirect_stdout(io.StringIO()):  # COCO prints progress lines we do not want
-        coco = COCO(str(annotations_json))
+    coco = load_coco(annotations_json)  # a COCO JSON path, or annotations already read (data/build.py Source.coco)
 
     cat_ids = sorted(coco.getCatIds())
     cat_index = {cid: i for i, cid in enumerate(cat_ids)}

@@ -1,0 +1,64 @@
+"""--init_from: fine-tune a trained BCCD detector on a dataset that shares two of its classes and adds one."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from dino_detector.config import build_config
+from dino_detector.engine.trainer import Trainer
+from dino_detector.models.detector import ObjectDetector
+
+# the trained_bccd fixture's model settings (conftest): a new run must build the same architecture
+MODEL = dict(dino_model="tiny", pretrained=False, image_size=128, num_queries=20, decoder_layers=1)
+
+
+def relabelled_bccd(bccd, tmp_path):
+    """BCCD val with RBC and WBC kept (other ids) and Platelets renamed to a new class, Bacteria."""
+    d = json.loads(bccd["val"].read_text())
+    ids = {"RBC": 5, "WBC": 7, "Platelets": 9}
+    old = {c["id"]: c["name"] for c in d["categories"]}
+    d["categories"] = [{"id": 5, "name": "RBC"}, {"id": 7, "name": "WBC"}, {"id": 9, "name": "Bacteria"}]
+    d["annotations"] = [{**a, "category_id": ids[old[a["category_id"]]]} for a in d["annotations"]]
+    d["images"] = d["images"][:8]
+    path = tmp_path / "relabelled.json"
+    path.write_text(json.dumps(d))
+    return path
+
+
+def test_init_from_carries_every_matching_tensor_and_the_shared_class_rows(trained_checkpoint, bccd, tmp_path,
+                                                                           caplog):
+    source = ObjectDetector.from_checkpoint(trained_checkpoint).eval()
+    assert source.class_names == ["Platelets", "RBC", "WBC"]
+    ann = relabelled_bccd(bccd, tmp_path)
+    cfg = build_config("standard", **MODEL, init_from=str(trained_checkpoint), train_images=str(bccd["images"]),
+                       train_annotations=str(ann), val_fraction=0.25, output_dir=str(tmp_path / "run"),
+                       device="cpu", num_workers=0, epochs=1)
+    with caplog.at_level("INFO"):
+        trainer = Trainer(cfg)
+    model = trainer.model.eval()
+    assert model.class_names == ["RBC", "WBC", "Bacteria"] and model.category_ids == [5, 7, 9]
+    assert trainer.start_epoch == 0 and trainer.state.step == 0  # a fresh run, not a resume
+    assert "classes carried over: RBC, WBC; new: Bacteria" in caplog.text
+    indexed = model.class_indexed_tensors()
+    src, new = source.state_dict(), model.state_dict()
+    for name, tensor in new.items():
+        if name in indexed:
+            assert torch.equal(tensor[0], src[name][1]) and torch.equal(tensor[1], src[name][2]), name  # RBC, WBC
+            assert not torch.equal(tensor[2], src[name][0]), name  # Bacteria: a fresh row, not Platelets'
+        else:
+            assert torch.equal(tensor, src[name]), name
+    # before any step the shared classes' predictions are the source model's
+    image = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = source(image), model(image)
+    assert torch.equal(a["pred_boxes"], b["pred_boxes"])
+    assert torch.equal(a["pred_logits"][..., 1:], b["pred_logits"][..., :2])
+
+
+def test_init_from_and_resume_are_exclusive(trained_checkpoint, tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="--init_from starts a new run"):
+        Trainer(build_config(**MODEL, init_from=str(trained_checkpoint), checkpoint=str(trained_checkpoint),
+                             output_dir=str(tmp_path)))
