@@ -21,7 +21,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATASETS = (REPO_ROOT / ".." / "shared" / "datasets").resolve()
+# the real data the tests read travels with the repository (tests/data/README.md: sources, licences, sizes)
+DATASETS = Path(__file__).resolve().parent / "data"
 TINY_COCO = DATASETS / "tiny-coco"
 TINY_COCO_IMAGES = TINY_COCO / "train2017"
 TINY_COCO_ANN = TINY_COCO / "annotations" / "instances_train2017_small.json"
@@ -49,8 +50,9 @@ def _seed_everything():
 
 
 def _require(path: Path) -> Path:
+    """A test data file: its absence is a broken checkout, an error, never a skip."""
     if not path.exists():
-        pytest.skip(f"dataset not available: {path}")
+        raise FileNotFoundError(f"test data missing: {path} (it is part of the repository: tests/data/README.md)")
     return path
 
 

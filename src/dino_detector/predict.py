@@ -4,6 +4,8 @@ Writes into --output_dir: predictions.json (a COCO results list; every entry als
 category_name), images.json (the COCO "images" + "categories" the ids refer to, so that
 ``COCO("images.json").loadRes("predictions.json")`` works) and drawn/ (pictures with the boxes).
 With --annotations, image ids are that file's ids (matched by file name) and unlisted files are skipped.
+Files that cannot be read (not images, truncated, over Pillow's decompression-bomb limit) and links that
+lead nowhere or back into a searched folder (symlink loops) are skipped and listed in the summary.
 """
 from __future__ import annotations
 
@@ -51,13 +53,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: PredictSettings) -> int:
-    from .data.images import folder_image_id, list_images
+    from .data.images import folder_image_id, scan_images, shown
     from .engine.inference import predict_files, prepare_model
-    from .models.detector import ObjectDetector
+    from .models.detector import ObjectDetector, check_prediction_settings
     from .runtime.device import resolve_device, resolve_num_workers
 
-    paths = [p for item in args.images for p in list_images(item, recursive=True)]
+    check_prediction_settings(args.threshold, args.top_k)
+    if args.batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {args.batch_size}")
+    paths, unlisted = [], []
+    for item in args.images:
+        found, skipped = scan_images(item, recursive=True)
+        paths += found
+        unlisted += skipped
+    paths = list(dict.fromkeys(paths))  # a file named twice (itself and its folder) is predicted once
     ids = {p: folder_image_id(p, i) for i, p in enumerate(paths)}
+    if len(set(ids.values())) < len(ids):  # '1.jpg' and '001.jpg', or a numeric stem equal to a position
+        log.warning("file names give the same image id twice: the images are numbered by position instead")
+        ids = {p: i for i, p in enumerate(paths)}
     if args.annotations:
         ids, paths = _ids_from_annotations(args.annotations, paths)
     if not paths:
@@ -83,11 +96,12 @@ def run(args: PredictSettings) -> int:
                                                  "annotations": []}))
     if args.draw:
         _draw(run_.predictions, names, out / "drawn")
+    skipped = unlisted + run_.skipped
     print(f"{len(run_.predictions)} images, {len(results)} detections above {args.threshold}; "
-          f"{len(run_.skipped)} unreadable file(s) skipped" + "".join(f"\n  skipped {p}: {why}"
-                                                                   for p, why in run_.skipped))
+          f"{len(skipped)} unreadable file(s) skipped" + "".join(f"\n  skipped {shown(p)}: {why}"
+                                                               for p, why in skipped))
     print(f"model time {run_.seconds:.1f} s: {run_.images_per_second:.2f} images/s on {device} "
-          f"(batch {args.batch_size}, {model.weights} weights) -> {out / 'predictions.json'}")
+          f"(batch {args.batch_size}, {model.weights} weights) -> {shown(out / 'predictions.json')}")
     return 0
 
 

@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from .runtime.logging import setup_console
     setup_console()
     from .backbones.vit import PretrainedUnavailableError
+    from .engine.run import RUN_STOPS, stopped_run_exit
     from .runtime.distributed import close_distributed
     from .spec import resolve_pretrain
     try:
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     except (PretrainedUnavailableError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RUN_STOPS as err:
+        return stopped_run_exit(err)
     finally:
         close_distributed()
     print(f"encoder: {path}  (train with --dino_model {path})")

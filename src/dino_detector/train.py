@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_console(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     from .backbones.vit import PretrainedUnavailableError
     from .data.download import DownloadError, UnsafeArchiveError
+    from .engine.run import RUN_STOPS, stopped_run_exit
     from .engine.trainer import Trainer
     from .runtime.distributed import close_distributed
     try:
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     except (PretrainedUnavailableError, FileNotFoundError, ValueError, DownloadError, UnsafeArchiveError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RUN_STOPS as err:  # the run started, and stopped short: interrupted (saved) or a fault
+        return stopped_run_exit(err)
     finally:
         close_distributed()
     if metrics is not None:

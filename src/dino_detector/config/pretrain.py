@@ -36,6 +36,7 @@ class PretrainOptimConfig(Settings):
     weight_decay: float = 0.04  # AdamW weight decay (at the start, with weight_decay_end)
     weight_decay_end: Optional[float] = None  # cosine schedule of the weight decay to this value; unset: constant
     grad_clip: float = 3.0  # gradient norm clipping; 0 disables it
+    max_bad_steps: int = 5  # steps with a NaN / inf loss or gradient are skipped (counted, warned); this many in a row stop the run
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,7 @@ class TrainConfig(Settings):
     lr_backbone: float = 0.0  # backbone / LoRA lr; 0: lr for random backbone weights, lr x 0.1 for pretrained ones
     weight_decay: float = 1e-4  # AdamW weight decay
     grad_clip: float = 0.1  # gradient norm clipping; 0 disables it
+    max_bad_steps: int = 5  # steps with a NaN / inf loss or gradient are skipped (counted, warned); this many in a row stop the run
     unfreeze_at_epoch: int = 0  # >0: backbone frozen for this many epochs, then trained with lr_backbone
     unfreeze_lr: float = 0.0  # head lr after unfreezing (staged fine-tuning); 0: lr
     lr_drop_epoch: int = 0  # step schedule: first epoch at the dropped lr; 0: after lr_drop_fraction of the epochs

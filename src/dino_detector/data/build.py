@@ -83,7 +83,7 @@ def open_source(images: str | None, annotations: str, data_format: str, role: st
         if dropped:
             log.info("%s: category %s left out: it has no boxes and names the other categories' supercategory "
                      "(an export's parent category, not a class)", annotations, ", ".join(dropped))
-            coco = load_coco(cleaned)
+            coco = load_coco(cleaned, str(annotations), report=False)
         return Source(Path(images), coco, str(annotations))
     if fmt == "voc":
         converted = read_voc(annotations, role, class_names, images)
@@ -95,7 +95,7 @@ def open_source(images: str | None, annotations: str, data_format: str, role: st
     name = f"{annotations} ({fmt}, {role})"
     if converted.problems:
         log.warning("%s: %s", name, ", ".join(f"{n} {what}" for what, n in sorted(converted.problems.items())))
-    return Source(converted.images_dir, load_coco(converted.coco), name)
+    return Source(converted.images_dir, load_coco(converted.coco, name), name)
 
 
 def open_sources(data: DataConfig, *, train: bool, seed: int = 0, run_folder: str | Path | None = None,
@@ -208,6 +208,24 @@ def evaluation_dataset(src: Source, spec, image_ids: list[int] | None = None) ->
     return dataset
 
 
+class ResumableSampler(DistributedSampler):
+    """A DistributedSampler whose next epoch can start after its first ``skip`` indices: a run resumed from a
+    checkpoint written mid-epoch continues with the batches it had not trained on, without reading (and
+    augmenting) the ones it had. The skip applies to one epoch, then resets."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skip = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())[self.skip:]
+        self.skip = 0
+        return iter(indices)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
 def make_loader(dataset: Dataset, *, batch_size: int, num_workers: int, device: torch.device, shuffle: bool,
                 seed: int, rank: int = 0, world: int = 1) -> DataLoader:
     """Training (``shuffle``): a DistributedSampler, also for one process, so the order of an epoch is a
@@ -216,7 +234,7 @@ def make_loader(dataset: Dataset, *, batch_size: int, num_workers: int, device: 
     strided shards without padding (every image predicted once). The trainer calls ``sampler.set_epoch``."""
     workers = resolve_num_workers(num_workers, device)
     if shuffle:
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     else:
         sampler = ShardSampler(len(dataset), rank, world)
     generator = torch.Generator().manual_seed(seed)  # worker seeds; reseeded every epoch

@@ -3,13 +3,18 @@
 Category ids in COCO files are sparse (1..90 for COCO itself): they are mapped to contiguous labels
 0..C-1 sorted by id, and back with ``category_ids[label]``. Crowd objects are kept in the annotation file
 for evaluation but never become training targets. Boxes are clipped to the image; boxes of zero area and
-annotations of unknown categories are dropped with a logged count.
+annotations of unknown categories are dropped with a logged count. A file that cannot be used as it is (not
+JSON, a list missing, a malformed ``bbox``, an id or file listed twice) is a ``DatasetError`` naming the file
+and the problem, raised before anything is built (``check_coco``).
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
+import math
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -18,36 +23,140 @@ from torchvision.ops import box_convert
 from tqdm import tqdm
 
 from ..config import DataConfig
-from .images import ImageReadError, image_problem, load_image, to_tensor_image
+from .coco_form import DatasetError
+from .images import ImageReadError, image_problem, load_image, shown, to_tensor_image
 from .transforms import DetectionTransform
 
 log = logging.getLogger(__name__)
 
 
-def load_coco(annotation_file):
-    """A pycocotools COCO object from a file, an in-memory COCO dict or a COCO object (returned as it is),
-    with a clear error for a missing or malformed file."""
+def load_coco(annotation_file, name: str | None = None, report: bool = True):
+    """A pycocotools COCO object from a file, an in-memory COCO dict or a COCO object (returned as it is).
+
+    Files and dicts are checked first (``check_coco``): what makes them unusable is a ``DatasetError`` naming
+    the file (``name`` for a dict) and the problem; annotations of images the file does not list are counted
+    (``coco.problems``) and, with ``report``, logged. A missing ``area`` / ``iscrowd`` is filled in
+    (w x h / 0), as COCOeval needs both."""
     from pycocotools.coco import COCO
 
     if isinstance(annotation_file, COCO):
         return annotation_file
     if isinstance(annotation_file, dict):
-        coco = COCO()
-        coco.dataset = annotation_file
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco.createIndex()
-        return coco
-    path = Path(annotation_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            coco = COCO(str(path))
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a valid COCO detection file: {err}") from None
-    if "categories" not in coco.dataset or not coco.dataset["categories"]:
-        raise ValueError(f"{path} has no 'categories'")
+        data, name = annotation_file, name or "the COCO dict"
+    else:
+        path = Path(annotation_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"annotation file not found: {path}")
+        data, name = read_json(path), name or str(path)
+    problems = check_coco(data, name)
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco.createIndex()
+    coco.problems = problems
+    if report and problems:
+        log.warning("%s: %s", name, ", ".join(f"{n} {what}" for what, n in sorted(problems.items())))
     return coco
+
+
+def read_json(path: Path):
+    try:
+        text = path.read_bytes()
+        if not text.strip():
+            raise DatasetError(f"{path}: not valid JSON (the file is empty)")
+        return json.loads(text)
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+
+
+ORPHAN = "annotation(s) of an image id not in 'images', left out"
+
+
+def _is_id(value, text_ok: bool = True) -> bool:
+    """An integer id (a non-empty string too, with ``text_ok``: some tools write image ids as text)."""
+    if isinstance(value, str):
+        return text_ok and value != ""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_coco(data, name: str) -> Counter:
+    """Raise a ``DatasetError`` (naming ``name``) for what makes a COCO detection dict unusable: not an object,
+    a missing or non-list ``images`` / ``annotations`` / ``categories``, no category, records without their
+    ids or file name, an id or a file name listed twice, a ``bbox`` that is not 4 finite numbers. Returns the
+    counts of what is only left out: annotations of images the file does not list."""
+    def fail(problem: str):
+        raise DatasetError(f"{name}: {problem}")
+
+    if not isinstance(data, dict):
+        hint = " (a results file? those are lists of detections)" if isinstance(data, list) else ""
+        fail(f"expected a COCO object with 'images', 'annotations' and 'categories', got a "
+             f"{type(data).__name__}{hint}")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            fail(f"has no '{key}' list" + (" ([] when no image has a box)" if key == "annotations" else ""))
+        if not isinstance(data[key], list):
+            fail(f"'{key}' must be a list, got a {type(data[key]).__name__}")
+    if not data["categories"]:
+        fail("lists no categories (its 'categories' list is empty)")
+    categories: set = set()
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or not _is_id(cat.get("id"), text_ok=False) or "name" not in cat:
+            fail(f"category #{i} {_short(cat)} needs an integer 'id' and a 'name'")
+        if cat["id"] in categories:
+            fail(f"category id {cat['id']} is listed twice")
+        categories.add(cat["id"])
+    files: dict = {}
+    image_ids: set = set()
+    for i, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or not _is_id(image.get("id")):
+            fail(f"image #{i} {_short(image)} has no 'id'")
+        file_name = image.get("file_name")
+        if not isinstance(file_name, str) or not file_name:
+            fail(f"image {image['id']} has no 'file_name'")
+        if image["id"] in image_ids:
+            fail(f"image id {image['id']} is listed twice (the second time for {file_name})")
+        if file_name in files:
+            fail(f"file {file_name} is listed twice (image ids {files[file_name]} and {image['id']}): merge the "
+                 "two records into one")
+        files[file_name] = image["id"]
+        image_ids.add(image["id"])
+    annotations: set = set()
+    problems: Counter = Counter()
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            fail(f"annotation #{i} is a {type(ann).__name__}, not an object")
+        where = f"annotation {ann['id']}" if _is_id(ann.get("id")) else f"annotation #{i}"
+        for key in ("id", "image_id", "category_id"):
+            if not _is_id(ann.get(key), text_ok=key != "category_id"):
+                fail(f"{where} has no {'integer ' if key == 'category_id' else ''}'{key}' (got "
+                     f"{_short(ann.get(key))})")
+        if ann["id"] in annotations:
+            fail(f"annotation id {ann['id']} is listed twice")
+        annotations.add(ann["id"])
+        box = ann.get("bbox")
+        if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_number(v) for v in box):
+            fail(f"{where} has bbox {_short(box)}: expected 4 finite numbers [x, y, width, height]")
+        if ann["image_id"] not in image_ids:
+            problems[ORPHAN] += 1
+        ann.setdefault("area", box[2] * box[3])
+        ann.setdefault("iscrowd", 0)
+    return problems
+
+
+UNREADABLE = {"missing": "are missing", "not an image": "are not readable images",
+              "too large": "are too large to decode (over Pillow's decompression-bomb limit, "
+                           "PIL.Image.MAX_IMAGE_PIXELS)"}
 
 
 class CocoDetection(Dataset):
@@ -63,7 +172,7 @@ class CocoDetection(Dataset):
         self.images_dir = Path(images_dir)
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.images_dir}")
-        self.coco = load_coco(annotation_file)
+        self.coco = load_coco(annotation_file, None if isinstance(annotation_file, (str, Path)) else self.name)
         cats = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
         self.category_ids = [c["id"] for c in cats]
         self.class_names = [c["name"] for c in cats]
@@ -91,24 +200,24 @@ class CocoDetection(Dataset):
     def _readable(self, ids: list[int]) -> list[int]:
         """The ids whose image file exists and has a readable header; the others are reported (counts and
         names) and left out, before any training starts. Raises when none is left."""
-        bad: dict[str, list[str]] = {"missing": [], "not an image": []}
+        bad: dict[str, list[str]] = {kind: [] for kind in UNREADABLE}
         keep = []
         for i in tqdm(ids, desc=f"check images ({Path(self.name).name})", leave=False, dynamic_ncols=True,
                       disable=len(ids) < 2000):
             name = self.coco.imgs[i]["file_name"]
             problem = image_problem(self.images_dir / name)
             if problem:
-                bad[problem].append(name)
+                bad[problem.split(":")[0]].append(shown(name))
             else:
                 keep.append(i)
-        for problem, names in bad.items():
+        for kind, names in bad.items():
             if names:
                 log.warning("%s: %d of %d images %s and left out: %s%s", self.name, len(names), len(ids),
-                            "are missing" if problem == "missing" else "are not readable images",
-                            ", ".join(names[:5]), " ..." if len(names) > 5 else "")
+                            UNREADABLE[kind], ", ".join(names[:5]), " ..." if len(names) > 5 else "")
         if not keep:
+            first = next(names[0] for names in bad.values() if names)
             raise ValueError(f"{self.name}: none of its {len(ids)} images in {self.images_dir} can be read "
-                             f"(e.g. {(bad['missing'] or bad['not an image'])[0]})")
+                             f"(e.g. {first})")
         return keep
 
     def _clean_annotations(self, image_id: int) -> tuple[torch.Tensor, torch.Tensor]:

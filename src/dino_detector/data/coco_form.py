@@ -2,9 +2,15 @@
 training, evaluation (pycocotools) and result files work unchanged for all of them."""
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+class DatasetError(ValueError):
+    """An annotation file (COCO JSON, VOC XML, YOLO data.yaml) cannot be used as it is; the message names the
+    file and the problem."""
 
 
 @dataclass
@@ -28,8 +34,12 @@ def add_image(coco: dict, file_name: str, width: int, height: int) -> int:
 
 def add_box(coco: dict, image_id: int, category_id: int, box, width: int, height: int, crowd: bool,
             problems: Counter) -> None:
-    """xyxy pixels, clipped to the image; zero-area boxes are dropped and counted."""
+    """xyxy pixels, clipped to the image; zero-area boxes and boxes with NaN / infinite corners are dropped
+    and counted."""
     x0, y0, x1, y1 = box
+    if not all(math.isfinite(v) for v in box):
+        problems["box with non-finite coordinates dropped"] += 1
+        return
     clipped = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
     if clipped != (x0, y0, x1, y1):
         problems["box clipped to the image"] += 1

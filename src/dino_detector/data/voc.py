@@ -9,15 +9,18 @@ Where the XML files are, in this order (folder names in any letter case):
 Boxes become COCO ``[xmin, ymin, xmax - xmin, ymax - ymin]`` in pixels; ``difficult`` objects become
 ``iscrowd`` (ignored by training and by COCOeval, as VOC's own evaluation ignores them). Categories: the class
 names found, sorted, with ids 1..C (or the training split's names, passed for the validation split). A file
-without ``<size>`` (or with a zero size) takes the size from its image's header.
+without ``<size>`` (or with a zero size) takes the size from its image's header. Counted and left out: objects
+without a name or without finite box coordinates, a second XML file for the same image, an XML file whose
+image and size cannot be found; a file that is not XML is a ``DatasetError`` naming it.
 """
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
-from .coco_form import Converted, add_box, add_image, coco_skeleton
+from .coco_form import Converted, DatasetError, add_box, add_image, coco_skeleton
 from .images import IMAGE_SUFFIXES, header_size
 
 ANNOTATION_DIRS = ("Annotations", "annotations")
@@ -107,26 +110,36 @@ def read_voc(annotations: str | Path, role: str = "train", class_names: list[str
     files, images = voc_files(annotations, role, images_dir)
     problems: Counter = Counter()
     records = []
+    seen: set[str] = set()
     for xml_path in files:
         try:
             node = ET.parse(xml_path).getroot()
         except ET.ParseError as err:
-            raise ValueError(f"{xml_path}: not valid XML ({err})") from None
+            raise DatasetError(f"{xml_path}: not valid XML ({err})") from None
         file_name = image_file(images, xml_path, (node.findtext("filename") or "").strip() or None)
         size = _size(node, images, file_name)
         if file_name is None or size is None:
             problems["XML without a readable image or size"] += 1
             continue
+        if file_name in seen:
+            problems["second XML for the same image left out"] += 1
+            continue
+        seen.add(file_name)
         objects = []
         for obj in node.iter("object"):
+            name = (obj.findtext("name") or "").strip()
+            if not name:
+                problems["object without a name"] += 1
+                continue
             box = obj.find("bndbox")
             try:
-                x0, y0, x1, y1 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+                coords = tuple(float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
             except (AttributeError, TypeError, ValueError):
+                coords = None
+            if coords is None or not all(math.isfinite(v) for v in coords):
                 problems["object without box coordinates"] += 1
                 continue
-            objects.append(((obj.findtext("name") or "").strip(), (x0, y0, x1, y1),
-                            (obj.findtext("difficult") or "0").strip() not in ("0", "")))
+            objects.append((name, coords, (obj.findtext("difficult") or "0").strip() not in ("0", "")))
         records.append((file_name, *size, objects))
     names = class_names or sorted({name for *_, objects in records for name, _, _ in objects})
     coco = coco_skeleton(names, list(range(1, len(names) + 1)))

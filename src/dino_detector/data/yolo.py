@@ -6,10 +6,14 @@ the yaml) or to the yaml's folder; as Ultralytics does, a path starting with ``.
 tried without it (Roboflow writes ``train: ../train/images`` for a yaml beside ``train/``). Labels are in
 the matching ``labels/`` folder: one line per object, ``class cx cy w h`` (a box, normalised) or
 ``class x1 y1 x2 y2 ...`` (a segmentation polygon, read as its bounding box). Category ids are the class
-indices. Malformed lines and unknown classes are counted and left out, never a crash.
+indices (``1.0`` reads as 1). Counted and left out, never a crash: malformed lines (a fractional class, a
+wrong number of values, NaN), unknown classes, unreadable images and label files, an image listed twice, and
+label files in a split folder's ``labels/`` that no image of the split has (named in a warning).
 """
 from __future__ import annotations
 
+import logging
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -17,7 +21,10 @@ from pathlib import Path
 import yaml
 
 from .coco_form import Converted, add_box, add_image, coco_skeleton
-from .images import IMAGE_SUFFIXES, header_size
+from .images import header_size, scan_images, shown
+
+log = logging.getLogger(__name__)
+NOT_LABELS = ("classes.txt",)  # written beside the labels by LabelImg's YOLO export
 
 YOLO_SPLIT_KEYS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 
@@ -80,13 +87,15 @@ def list_entry(folder: Path, line: str) -> Path:
     return beside if beside.exists() or not path.exists() else path
 
 
-def split_images(base: Path, entries: list) -> list[Path]:
-    """Every image of a split's folders and ``.txt`` lists."""
+def split_images(base: Path, entries: list, folders: list[Path] | None = None) -> list[Path]:
+    """Every image of a split's folders and ``.txt`` lists; ``folders`` collects the folder entries."""
     files: list[Path] = []
     for entry in entries:
         path = resolve_entry(base, entry)
         if path.is_dir():
-            files += sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            files += scan_images(path, recursive=True)[0]
+            if folders is not None:
+                folders.append(path)
         elif path.is_file() and path.suffix == ".txt":
             lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
             files += [list_entry(path.parent, ln) for ln in lines]
@@ -112,7 +121,8 @@ def parse_label_line(fields: list[str], num_classes: int, problems: Counter):
     except ValueError:
         problems["malformed label line"] += 1
         return None
-    if not number.is_integer() or len(values) < 4 or (len(values) > 4 and (len(values) % 2 or len(values) < 6)):
+    polygon = len(values) > 4 and len(values) % 2 == 0 and len(values) >= 6
+    if not number.is_integer() or not (len(values) == 4 or polygon) or not all(math.isfinite(v) for v in values):
         problems["malformed label line"] += 1
         return None
     cls = int(number)
@@ -127,20 +137,52 @@ def parse_label_line(fields: list[str], num_classes: int, problems: Counter):
     return cls, (min(xs), min(ys), max(xs), max(ys))
 
 
+def orphan_labels(folders: list[Path], files: list[Path]) -> list[Path]:
+    """Label files under the ``labels/`` mirror of the split's image folders that no image of the split has
+    (labels beside the images are not searched: that folder holds other text files too)."""
+    expected = {os.path.abspath(label_path(f)) for f in files}
+    orphans: set[Path] = set()
+    for folder in folders:
+        labels = label_path(folder / "x.jpg").parent
+        if labels != folder and labels.is_dir():
+            orphans |= {t for t in labels.rglob("*.txt")
+                        if os.path.abspath(t) not in expected and t.name not in NOT_LABELS}
+    return sorted(orphans)
+
+
+def read_label_lines(label_file: Path, problems: Counter) -> list[str]:
+    """The lines of a label file; none (and counted) when it is not text."""
+    try:
+        return label_file.read_text().splitlines()
+    except (UnicodeDecodeError, OSError):
+        problems["unreadable label file"] += 1
+        return []
+
+
 def read_yolo(annotations: str | Path, role: str = "train", images_dir: str | Path | None = None) -> Converted:
     cfg, base, cfg_path = yolo_config(annotations)
     names = class_names(cfg, cfg_path)
+    folders: list[Path] = []
     if images_dir is not None:
-        files = split_images(Path(images_dir), ["."])
+        files = split_images(Path(images_dir), ["."], folders)
     else:
         entries = split_entries(cfg, role)
         if entries is None:
             raise ValueError(f"{cfg_path} has no '{role}' entry naming its images")
-        files = split_images(base, entries)
+        files = split_images(base, entries, folders)
     if not files:
         raise ValueError(f"no images found for the '{role}' split of {cfg_path}")
-    root = Path(os.path.commonpath([str(f.parent) for f in files]))
     problems: Counter = Counter()
+    unique = list(dict.fromkeys(Path(os.path.abspath(f)) for f in files))
+    if len(unique) < len(files):
+        problems["image listed twice"] += len(files) - len(unique)
+    files = unique
+    orphans = orphan_labels(folders, files)
+    if orphans:
+        problems["label file without an image"] += len(orphans)
+        log.warning("%s (%s): %d label file(s) without an image, left out: %s%s", cfg_path, role, len(orphans),
+                    ", ".join(shown(p.name) for p in orphans[:5]), " ..." if len(orphans) > 5 else "")
+    root = Path(os.path.commonpath([str(f.parent) for f in files]))
     coco = coco_skeleton(names, list(range(len(names))))
     for image_path in files:
         size = header_size(image_path)  # header only; EXIF rotation is applied when the image is read
@@ -152,7 +194,7 @@ def read_yolo(annotations: str | Path, role: str = "train", images_dir: str | Pa
         label_file = label_path(image_path)
         if not label_file.is_file():
             continue  # an image without a label file is background
-        for line in label_file.read_text().splitlines():
+        for line in read_label_lines(label_file, problems):
             fields = line.split()
             parsed = parse_label_line(fields, len(names), problems) if fields else None
             if parsed is None:

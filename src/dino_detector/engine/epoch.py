@@ -12,7 +12,7 @@ import itertools
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -23,6 +23,7 @@ from ..models.postprocess import postprocess
 from ..runtime.distributed import sum_across_processes
 from ..runtime.memory import memory_stats
 from ..runtime.schedule import Clock, Schedule
+from .guard import StepGuard, gradient_norm
 from .optim import apply_lr
 from .run import RunContext
 
@@ -65,6 +66,7 @@ class TrainState:
     scaler: torch.amp.GradScaler
     ema: torch.nn.Module | None
     schedule: Schedule | None = None  # set when the run knows its steps per epoch
+    guard: StepGuard = field(default_factory=lambda: StepGuard(5))  # skips and counts non-finite steps
     step: int = 0
     elapsed: float = 0.0  # seconds of training so far (resumed runs included; evaluation excluded)
 
@@ -88,22 +90,35 @@ class StepSettings:
 
 @dataclass
 class EpochResult:
-    means: dict  # mean total and final-layer losses over the epoch's steps
+    means: dict  # mean total and final-layer losses over the epoch's (not skipped) steps
     out_of_time: bool  # stopped by the time budget
     images: int  # images seen by all processes
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient
+    interrupted: int | None = None  # the signal (SIGTERM / SIGINT) that stopped the epoch after a step
+    progress: dict | None = None  # where an interrupted epoch stopped: resume continues from there
+
+
+def new_progress(epoch: int) -> dict:
+    """An epoch's running totals, saved in a checkpoint written mid-epoch so that a resumed run ends with the
+    same epoch means: windows done (the resumed loader skips them), summed losses, steps, images, skips."""
+    return {"epoch": epoch, "windows": 0, "sums": {}, "steps": 0, "images": 0, "skipped": 0}
 
 
 def train_one_epoch(state: TrainState, loader, *, epoch: int, settings: StepSettings, run: RunContext,
-                    pace: Callable[[float], None] | None = None, histograms: bool = True) -> EpochResult:
+                    pace: Callable[[float], None] | None = None, histograms: bool = True,
+                    progress: dict | None = None) -> EpochResult:
     """One pass over ``loader``, advancing ``state``; stops early (every process at the same step) when the
-    run's time budget is spent. ``pace(seconds per step)`` is called once, after PACE_STEPS steps.
-    ``histograms``: write the parameter / gradient histograms of the epoch's last step (costly: a tiny
-    model's take as long as its training step, so the trainer asks for them on evaluated epochs only)."""
+    run's time budget is spent or a SIGTERM / SIGINT arrived (after finishing the step it is in).
+    ``pace(seconds per step)`` is called once, after PACE_STEPS steps. ``histograms``: write the parameter /
+    gradient histograms of the epoch's last step (costly: a tiny model's take as long as its training step,
+    so the trainer asks for them on evaluated epochs only). ``progress``: the totals of the part of this
+    epoch a resumed run already trained (its loader skips those windows)."""
     device, world, accum = run.device, run.dist.world_size, settings.accum_steps
     state.module.train()
-    sums: dict[str, float] = {}
-    n = images_seen = 0
-    out_of_time = False
+    progress = dict(progress or new_progress(epoch), sums=dict((progress or {}).get("sums", {})))
+    sums: dict[str, float] = progress["sums"]
+    n, images_seen, skipped = progress["steps"], progress["images"], progress["skipped"]
+    out_of_time, interrupted = False, None
     started = time.time()
     total = math.ceil(len(loader) / accum)
     bar = tqdm(windows(loader, accum), total=total, desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False,
@@ -131,24 +146,30 @@ def train_one_epoch(state: TrainState, loader, *, epoch: int, settings: StepSett
         keys = sorted(step_losses)
         values = sum_across_processes([float(step_losses[k]) for k in keys], device)
         main = {k: v / world for k, v in zip(keys, values)}  # the loss of the whole step, all processes
-        if not math.isfinite(main["loss"]):
-            final = {k: round(v, 4) for k, v in state.criterion.final_losses(main).items()}
-            raise FloatingPointError(f"loss is {main['loss']} at epoch {epoch + 1}, step {state.step}: {final}")
-        if settings.grad_clip > 0:
+        finite = all(math.isfinite(v) for v in main.values())
+        grad_norm = None  # checked without fp16 scaling: the scaler skips inf-gradient steps on its own
+        if finite and settings.grad_clip > 0:
             state.scaler.unscale_(state.optimizer)
-            torch.nn.utils.clip_grad_norm_(state.model.parameters(), settings.grad_clip)
-        state.scaler.step(state.optimizer)
-        state.scaler.update()
-        if state.ema is not None:
-            state.ema.update_parameters(state.model)
-        if histograms and w == total - 1:
-            run.logger.histograms(state.model, state.step)  # gradients of the epoch's last step, before clearing
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(state.model.parameters(), settings.grad_clip))
+        elif finite and not state.scaler.is_enabled():
+            grad_norm = gradient_norm(state.model.parameters())
+        if state.guard.skip(main, None if state.scaler.is_enabled() else grad_norm, step=state.step, epoch=epoch):
+            skipped += 1
+            run.logger.scalars({"skipped_steps": state.guard.total}, state.step, "train")
+        else:
+            state.scaler.step(state.optimizer)
+            state.scaler.update()
+            if state.ema is not None:
+                state.ema.update_parameters(state.model)
+            if histograms and w == total - 1:
+                run.logger.histograms(state.model, state.step)  # the epoch's last step's gradients, before clearing
+            for k, v in main.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
         state.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         images_seen += int(images)
-        for k, v in main.items():
-            sums[k] = sums.get(k, 0.0) + v
-        n += 1
+        progress["windows"] += 1
         head_lr = lrs.get("head", next(iter(lrs.values())))
         bar.set_postfix(loss=f"{main['loss']:.3f}", lr=f"{head_lr:.1e}")
         if state.step % settings.log_frequency == 0:
@@ -157,18 +178,21 @@ def train_one_epoch(state: TrainState, loader, *, epoch: int, settings: StepSett
             run.logger.scalars(memory_stats(device), state.step, "memory")
             run.logger.scalars({"images_per_s": images / max(time.time() - step_started, 1e-9)}, state.step, "perf")
         step_started = time.time()  # the next step's time includes loading its batches
-        if pace is not None and n == min(PACE_STEPS, total):
-            pace((step_started - started) / n)
+        if pace is not None and w + 1 == min(PACE_STEPS, total):
+            pace((step_started - started) / (w + 1))
         if settings.log_images_frequency and state.step % settings.log_images_frequency == 0:
             log_training_image(run, state, images_j[0], targets_j[0], outputs)
-        if run.out_of_time(state.elapsed + time.time() - started):
-            out_of_time = True  # every process stops at the same step
+        stop = run.should_stop(state.elapsed + time.time() - started)  # the same answer on every process
+        if stop:
+            out_of_time, interrupted = stop.out_of_time, stop.signum
             break
     state.elapsed += time.time() - started
     # epoch means of the total and the final layer's terms (auxiliary ones are in TensorBoard)
     kept = {"loss": sums.get("loss", 0.0), **state.criterion.final_losses(sums)}
     means = {k: kept[k] / max(n, 1) for k in sorted(kept)}
-    return EpochResult(means, out_of_time, images_seen)
+    progress.update(steps=n, images=images_seen, skipped=skipped)
+    return EpochResult(means, out_of_time, images_seen, skipped, interrupted,
+                       progress if interrupted is not None else None)
 
 
 def log_training_image(run: RunContext, state: TrainState, image: torch.Tensor, target: dict, outputs: dict) -> None:

@@ -9,12 +9,54 @@ from pathlib import Path
 
 import torch
 
-from ..runtime.checkpoint import remove_stale_temporaries, rng_state, save_atomic, set_rng_state
+from ..runtime.checkpoint import (CheckpointWriteError, remove_stale_temporaries, rng_state, save_atomic,
+                                  set_rng_state)
 from ..runtime.device import resolve_device, seed_everything
-from ..runtime.distributed import DistInfo, barrier, gather_objects, init_distributed, sum_across_processes
+from ..runtime.distributed import DistInfo, gather_objects, init_distributed, sum_across_processes
 from ..runtime.logging import RunLogger
+from ..runtime.signals import STOP_SIGNALS, StopRequests, signal_name
+from .guard import NonFiniteLossError
 
 log = logging.getLogger(__name__)
+
+
+class RunInterrupted(Exception):
+    """SIGTERM / SIGINT: the run finished its step, wrote ``checkpoint`` and stopped."""
+
+    def __init__(self, signum: int, checkpoint: Path, resume_flag: str = "--checkpoint"):
+        self.signum, self.checkpoint = signum, checkpoint
+        super().__init__(f"stopped by {signal_name(signum)} after finishing the current step; the run is saved "
+                         f"in {checkpoint}: resume with {resume_flag} {checkpoint}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention for a process ended by a signal
+
+
+# how a run that started can stop short: a signal (after saving), too many non-finite steps, a failed write
+RUN_STOPS = (RunInterrupted, NonFiniteLossError, CheckpointWriteError)
+
+
+def stopped_run_exit(err: Exception) -> int:
+    """A command's answer to a run that started and stopped (``RUN_STOPS``): one message on stderr, and the
+    exit code: 128 + the signal for an interruption (the shell's convention), 1 for a fault."""
+    import sys
+
+    if isinstance(err, RunInterrupted):
+        print(err, file=sys.stderr)
+        return err.exit_code
+    print(f"error: {err}", file=sys.stderr)
+    return 1
+
+
+class Stop:
+    """Why a loop stops at this step (the same answer on every process)."""
+
+    def __init__(self, out_of_time: bool = False, signum: int | None = None):
+        self.out_of_time, self.signum = out_of_time, signum
+
+    def __bool__(self) -> bool:
+        return self.out_of_time or self.signum is not None
 
 
 class RunContext:
@@ -35,6 +77,7 @@ class RunContext:
         self.budget_s = time_budget_min * 60
         self.log_dir = Path(log_dir) if log_dir else self.out / "tensorboard"
         self._logger: RunLogger | None = None
+        self.stop_requests = StopRequests()  # entered by the training loops (``with run.stop_requests:``)
 
     @property
     def logger(self) -> RunLogger:
@@ -47,19 +90,32 @@ class RunContext:
     def is_main(self) -> bool:
         return self.dist.is_main
 
-    def out_of_time(self, elapsed_s: float) -> bool:
-        """True on every process once any process has trained for the whole time budget (never without one)."""
-        if self.budget_s <= 0:
-            return False
-        return sum_across_processes([float(elapsed_s >= self.budget_s)], self.device)[0] > 0
+    def should_stop(self, elapsed_s: float) -> Stop:
+        """After a step: stop for the time budget (once any process has trained for all of it) or for a
+        SIGTERM / SIGINT any process received. One all-reduce, so every process stops at the same step."""
+        received = self.stop_requests.received
+        flags = [float(self.budget_s > 0 and elapsed_s >= self.budget_s)]
+        flags += [float(received == s) for s in STOP_SIGNALS]
+        over, *seen = sum_across_processes(flags, self.device)
+        signum = next((s for s, n in zip(STOP_SIGNALS, seen) if n > 0), None)  # any process's (torchrun forwards)
+        return Stop(out_of_time=over > 0, signum=signum)
 
     def save(self, path: str | Path, state: dict) -> Path:
-        """Write ``state`` plus every process's RNG state (``rng``) atomically; process 0 writes, all wait."""
+        """Write ``state`` plus every process's RNG state (``rng``) atomically; process 0 writes, all wait.
+        A failed write (disk full, permissions) raises ``CheckpointWriteError`` on every process."""
         path = Path(path)
         rng = gather_objects(rng_state())
+        error = None
         if self.is_main:
-            save_atomic({**state, "rng": rng}, path)
-        barrier()
+            try:
+                save_atomic({**state, "rng": rng}, path)
+            except CheckpointWriteError as err:
+                error = err
+        failed = sum_across_processes([float(error is not None)], self.device)[0]  # also the barrier
+        if error is not None:
+            raise error
+        if failed:
+            raise CheckpointWriteError(f"process 0 could not write {path}")
         return path
 
     def restore_rng(self, saved) -> None:

@@ -24,14 +24,16 @@ from ..runtime.distributed import barrier, sum_across_processes
 from ..runtime.memory import memory_stats, reset_peak
 from ..spec import RunSpec, plan_run
 from .ema import ema_model
-from .epoch import StepSettings, TrainState, train_one_epoch
+from .epoch import EpochResult, StepSettings, TrainState, train_one_epoch
+from .guard import StepGuard
 from .optim import backbone_groups, build_optimizer, lr_schedule
-from .run import RunContext
+from .run import RunContext, RunInterrupted
 from .selection import BEST_FILE, RESULTS_FILE, BestTracker, ResultsLog
 from .validation import evaluate, predict_testdev
 
 log = logging.getLogger(__name__)
 CPU_RECIPE = "--preset two-stage --batch_size 8 --image_size 384 --lr 5e-4"  # README, "Train on your own data"
+LAST_FILE = "dino_detector_last.pth"  # written after every epoch, and by a run stopped mid-epoch
 
 
 class Trainer:
@@ -68,8 +70,10 @@ class Trainer:
                                     weight_decay=t.weight_decay)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         ema = ema_model(self.model, t.ema_decay) if t.ema and not t.only_evaluate else None
-        self.state = TrainState(self.model, self._wrap(), self.criterion, optimizer, scaler, ema)
+        self.state = TrainState(self.model, self._wrap(), self.criterion, optimizer, scaler, ema,
+                                guard=StepGuard(t.max_bad_steps, "training run"))
         self.start_epoch = 0
+        self.resume_progress: dict | None = None  # the part of an epoch a checkpoint written mid-epoch trained
         self.history: list[dict] = []  # mean training losses per epoch
         self.best = BestTracker(t.best_metric, t.patience)
         resuming = ckpt is not None and not t.only_evaluate
@@ -123,21 +127,30 @@ class Trainer:
         if self.state.ema is not None and ckpt.get("ema"):
             self.state.ema.load_state_dict(ckpt["ema"])
         self.state.step, self.state.elapsed = ckpt.get("step", 0), ckpt.get("elapsed", 0.0)
+        self.state.guard.load(ckpt.get("bad_steps"))
+        self.resume_progress = ckpt.get("progress")
         self.history = list(ckpt.get("history", []))
         self.best.load(ckpt.get("best"))
         self.run.restore_rng(ckpt.get("rng"))
-        log.info("resumed from %s: next epoch %d, step %d", self.spec.train.checkpoint, self.start_epoch + 1,
+        within = (f" after its first {self.resume_progress['windows']} steps" if self.resume_progress else "")
+        log.info("resumed from %s: epoch %d%s, step %d", self.spec.train.checkpoint, self.start_epoch + 1, within,
                  self.state.step)
 
-    def save(self, name: str, epoch: int):
-        """The full training state, the run spec and the model's metadata (a collective: all processes call)."""
+    def save(self, name: str, epoch: int, progress: dict | None = None):
+        """The full training state, the run spec and the model's metadata (a collective: all processes call).
+        ``epoch``: the last finished one (0-based); ``progress``: how far the next one got (a mid-epoch stop)."""
         s = self.state
-        return self.run.save(self.run.out / name, {
+        path = self.run.out / name
+        self.run.save(path, {
             "model": self.model.state_dict(), "optimizer": s.optimizer.state_dict(),
             "scaler": s.scaler.state_dict() if s.scaler.is_enabled() else None,
             "ema": s.ema.state_dict() if s.ema is not None else None, "epoch": epoch, "step": s.step,
             "elapsed": s.elapsed, "history": self.history, "best": self.best.state(), "deploy": self.deployed,
-            "metadata": self.model.metadata(), "spec": self.spec.to_dict()})
+            "bad_steps": s.guard.state(), "progress": progress, "metadata": self.model.metadata(),
+            "spec": self.spec.to_dict()})
+        if name == LAST_FILE:
+            s.guard.last_checkpoint = str(path)
+        return path
 
     # ------------------------------------------------------------------ evaluation and selection
     def evaluate(self, epoch: int | None, tag: str) -> dict | None:
@@ -201,25 +214,47 @@ class Trainer:
                                           warmup_steps=t.warmup_steps, drop_epoch=t.lr_drop_epoch,
                                           drop_factor=t.lr_drop_factor, drop_fraction=t.lr_drop_fraction,
                                           budget_s=self.run.budget_s, min_factor=t.lr_min_factor)
-        epoch = self.start_epoch - 1
         log.info("training %d images for %d epochs on %s x %d (%d steps of %d images per epoch)",
                  len(self.train_set), t.epochs, self.device, self.run.dist.world_size, steps_per_epoch,
                  t.batch_size * self.run.dist.world_size * settings.accum_steps)
         hint = self._pace_hint(steps_per_epoch) if self.device.type == "cpu" and self.run.is_main else None
+        with self.run.stop_requests:  # SIGTERM / SIGINT: finish the step, save, stop (RunInterrupted)
+            epoch = self._train_epochs(loader, settings, hint)
+        self.save("dino_detector_final.pth", max(epoch, 0))
+        metrics = self.evaluate(epoch + 1, "final")
+        if self.val_set is not None:
+            self._select(metrics, epoch + 1)
+        self.evaluate_test()
+        predict_testdev(self.model, spec=spec, run=self.run)
+        self.run.close()
+        return metrics
+
+    def _train_epochs(self, loader, settings: StepSettings, hint) -> int:
+        """The epochs from ``start_epoch``, each checkpointed and evaluated as the settings say, until the last,
+        the time budget or early stopping; returns the last epoch trained (0-based; start_epoch - 1 if none).
+        A SIGTERM / SIGINT ends it after the current step with ``LAST_FILE`` written (``RunInterrupted``)."""
+        t = self.spec.train
+        epoch = self.start_epoch - 1
         for epoch in range(self.start_epoch, t.epochs):
             # the order of an epoch is fixed by (seed, epoch): a resumed run sees the same batches
             loader.sampler.set_epoch(epoch)
             loader.generator.manual_seed(t.seed + epoch)
+            progress = self.resume_progress if self.resume_progress and self.resume_progress["epoch"] == epoch else None
+            if progress:  # resumed mid-epoch: skip the windows already trained on
+                loader.sampler.skip = progress["windows"] * settings.accum_steps * t.batch_size
             if t.unfreeze_at_epoch and epoch == t.unfreeze_at_epoch:
                 self._unfreeze_backbone()
             reset_peak(self.device)
             started = time.time()
             evaluated = epoch + 1 == t.epochs or bool(t.eval_every and (epoch + 1) % t.eval_every == 0)
             result = train_one_epoch(self.state, loader, epoch=epoch, settings=settings, run=self.run, pace=hint,
-                                     histograms=evaluated)
+                                     histograms=evaluated, progress=progress)
             hint = None  # said once
-            self._epoch_summary(epoch, result.means, result.images, time.time() - started)
-            self.save("dino_detector_last.pth", epoch)  # a finished epoch is never lost
+            if result.interrupted is not None:
+                path = self.save(LAST_FILE, epoch - 1, progress=result.progress)
+                raise RunInterrupted(result.interrupted, path)
+            self._epoch_summary(epoch, result, time.time() - started)
+            self.save(LAST_FILE, epoch)  # a finished epoch is never lost
             if t.checkpoint_every and (epoch + 1) % t.checkpoint_every == 0:
                 self.save(f"dino_detector_epoch_{epoch + 1}.pth", epoch)
                 if self.run.is_main:
@@ -230,14 +265,7 @@ class Trainer:
             if t.eval_every and (epoch + 1) % t.eval_every == 0 and epoch + 1 < t.epochs:
                 if self._select(self.evaluate(epoch + 1, f"epoch_{epoch + 1}"), epoch + 1):
                     break
-        self.save("dino_detector_final.pth", max(epoch, 0))
-        metrics = self.evaluate(epoch + 1, "final")
-        if self.val_set is not None:
-            self._select(metrics, epoch + 1)
-        self.evaluate_test()
-        predict_testdev(self.model, spec=spec, run=self.run)
-        self.run.close()
-        return metrics
+        return epoch
 
     def _pace_hint(self, steps_per_epoch: int):
         """After the first steps on a CPU: what one epoch will take at the measured rate, and, unless the run
@@ -247,23 +275,27 @@ class Trainer:
         def say(seconds_per_step: float) -> None:
             seconds = seconds_per_step * steps_per_epoch
             took = f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+            advice = (f". For a first try on a CPU, the recipe that learns fastest per CPU minute here is "
+                      f"`{CPU_RECIPE}` (README)" if recipe else "")
             log.info("on this CPU a step takes %.1f s: one epoch of %d step%s takes about %s%s", seconds_per_step,
-                     steps_per_epoch, "" if steps_per_epoch == 1 else "s", took, f". For a first try on a CPU, the recipe that learns fastest per CPU "
-                     f"minute here is `{CPU_RECIPE}` (README)" if recipe else "")
+                     steps_per_epoch, "" if steps_per_epoch == 1 else "s", took, advice)
         return say
 
-    def _epoch_summary(self, epoch: int, means: dict, images: int, seconds: float) -> None:
+    def _epoch_summary(self, epoch: int, result: EpochResult, seconds: float) -> None:
         """Losses, time, throughput and memory of an epoch: console, history, TensorBoard."""
-        self.history.append({"epoch": epoch + 1, **means})
+        means, images = result.means, result.images
+        self.history.append({"epoch": epoch + 1, **means, **({"skipped_steps": result.skipped} if result.skipped
+                                                             else {})})
         memory = memory_stats(self.device)
         logger = self.run.logger
         logger.scalars(means, epoch + 1, "epoch")
         logger.scalars({"seconds": seconds, "images_per_s": images / max(seconds, 1e-9)}, epoch + 1, "epoch_perf")
         logger.scalars(memory, epoch + 1, "epoch_memory")
         cuda = f", CUDA peak {memory['cuda_peak_mb']:.0f} MiB" if "cuda_peak_mb" in memory else ""
-        log.info("epoch %d/%d  %s  | %.1f s, %.1f images/s, peak RSS %.0f MiB%s", epoch + 1, self.spec.train.epochs,
-                 " ".join(f"{k} {v:.4f}" for k, v in means.items()), seconds, images / max(seconds, 1e-9),
-                 memory["cpu_peak_rss_mb"], cuda)
+        skipped = f", {result.skipped} non-finite steps skipped" if result.skipped else ""
+        log.info("epoch %d/%d  %s  | %.1f s, %.1f images/s, peak RSS %.0f MiB%s%s", epoch + 1,
+                 self.spec.train.epochs, " ".join(f"{k} {v:.4f}" for k, v in means.items()), seconds,
+                 images / max(seconds, 1e-9), memory["cpu_peak_rss_mb"], cuda, skipped)
 
 
 def _log_dir(t) -> str | None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import operator
 from pathlib import Path
 
 import torch
@@ -45,6 +47,22 @@ def with_classes(cfg: ModelConfig, num_classes: int | None = None, category_ids=
         raise ValueError(f"category_ids ({len(ids)}) and class_names ({len(names)}) must have num_classes ({n}) "
                          "entries")
     return dataclasses.replace(cfg, num_classes=n, category_ids=ids, class_names=names)
+
+
+def check_prediction_settings(threshold: float, top_k: int) -> None:
+    """ValueError unless 0 <= threshold <= 1 (scores are probabilities) and top_k >= 1."""
+    try:
+        score = float(threshold)
+    except (TypeError, ValueError):
+        score = math.nan
+    if isinstance(threshold, bool) or not 0.0 <= score <= 1.0:  # NaN fails too
+        raise ValueError(f"threshold must be a score in 0..1, got {threshold!r}")
+    try:
+        count = operator.index(top_k)
+    except TypeError:
+        count = 0
+    if isinstance(top_k, bool) or count < 1:
+        raise ValueError(f"top_k must be an integer of at least 1, got {top_k!r}")
 
 
 class ObjectDetector(nn.Module):
@@ -256,18 +274,27 @@ class ObjectDetector(nn.Module):
     # ---------------------------------------------------------------- inference API
     @torch.no_grad()
     def predict(self, images, threshold: float = 0.5, top_k: int = 100, color: str = "rgb"):
-        """Detect objects in a path, PIL image, HxWx3 array, [3, H, W] tensor, or a list of those. ``color``:
-        the channel order of array and tensor inputs, "rgb" or "bgr" (an OpenCV ``cv2.imread`` image).
+        """Detect objects in a path, PIL image, array, tensor, or a list of those. ``color``: the channel
+        order of array and tensor inputs, "rgb" or "bgr" (an OpenCV ``cv2.imread`` image).
 
-        Returns a ``Prediction`` per image (a list for a list input): a dict of boxes [N, 4] xyxy in original
-        pixels, scores, labels (dataset category ids) and label_names, with ``to_coco()`` and
+        Inputs (``data.images.to_tensor_image``): arrays HxW, HxWx1, HxWx3 or HxWx4 (alpha dropped); tensors
+        [3, H, W] or [1, H, W] (gray; a 4-channel tensor is a ValueError). uint8 and other integer dtypes hold
+        0..255, floats (float64 too) 0..1; values outside those, NaN and empty images are a ValueError. Any
+        size works, 1 x 1 or 10000 x 50: images are resized to the model's sizes first, so memory is bounded.
+        ``threshold`` must be in 0..1 and ``top_k`` at least 1 (ValueError naming them).
+
+        Returns a ``Prediction`` per image (a list for a list input, [] for []): a dict of boxes [N, 4] xyxy
+        in original pixels, scores, labels (dataset category ids) and label_names, with ``to_coco()`` and
         ``to_supervision()``."""
+        check_prediction_settings(threshold, top_k)
         from ..data.images import to_tensor_image
         from ..data.transforms import resize_for_inference
         from .prediction import Prediction
 
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
+        if not items:
+            return []
         tensors = [to_tensor_image(item, color) for item in items]
         device = next(self.parameters()).device
         was_training = self.training

@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -36,20 +37,38 @@ def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions); the previous file is untouched."""
+
+
+def free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**30:.2f} GiB free"
+    except OSError:
+        return "free space unknown"
+
+
 def save_atomic(obj: dict, path: str | Path) -> None:
     """Write to a temporary file in the same folder, flush it to disk, then rename: a crash (even SIGKILL)
-    at any moment leaves either the previous file or the complete new one."""
+    at any moment leaves either the previous file or the complete new one. An ``OSError`` on the way (disk
+    full, permissions) removes the temporary file and becomes a ``CheckpointWriteError`` naming the folder
+    and its free space."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        previous = f"the previous {path.name} is untouched" if path.exists() else f"no earlier {path.name}"
+        raise CheckpointWriteError(f"could not write {path}: {err.strerror or err} ({free_space(path.parent)} "
+                                   f"in {path.parent}); {previous}") from err
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 

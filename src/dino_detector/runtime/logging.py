@@ -26,6 +26,16 @@ class CurrentStdoutHandler(logging.StreamHandler):
         self.stream = sys.stdout
         super().emit(record)
 
+    def format(self, record: logging.LogRecord) -> str:
+        """The message as text any stream can write: a non-UTF-8 file name's bytes shown as ``\\xe9``."""
+        text = super().format(record)
+        for errors in ("strict", "surrogateescape", "backslashreplace"):
+            try:
+                return text.encode("utf-8", errors).decode("utf-8", "backslashreplace")
+            except UnicodeEncodeError:
+                continue
+        return text
+
 
 def setup_console(level: int = logging.INFO) -> None:
     root = logging.getLogger()

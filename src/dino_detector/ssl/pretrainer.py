@@ -13,16 +13,19 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..backbones.encoder_file import ENCODER_FILE, save_encoder
 from ..backbones.vit import imagenet_normalise, load_vit
 from ..config import PretrainConfig
+from ..data.build import ResumableSampler
 from ..data.images import list_images, load_image, to_tensor_image
-from ..engine.run import RunContext
+from ..engine.guard import StepGuard, gradient_norm
+from ..engine.run import RunContext, RunInterrupted
 from ..runtime.checkpoint import load_checkpoint
 from ..runtime.device import resolve_num_workers
+from ..runtime.distributed import gather_objects
 from ..runtime.schedule import Clock, Schedule
 from .dino_loss import DINOLoss
 from .heads import DINOHead
@@ -34,6 +37,7 @@ from .vicreg import VICRegLoss
 
 log = logging.getLogger(__name__)
 SUMMARY_KEYS = ("loss", "dino", "ibot", "koleo", "vicreg", "embedding_std")
+LAST_FILE = "pretrain_last.pth"
 
 
 class UnlabeledImages(Dataset):
@@ -124,6 +128,8 @@ class Pretrainer:
         self.koleo, self.vicreg = KoLeoLoss(), VICRegLoss()
         self.mask_generator = torch.Generator().manual_seed(r.seed + self.run.dist.rank)
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
+        self.guard = StepGuard(cfg.optim.max_bad_steps, "pretraining run")
+        self.progress: dict | None = None  # the part of an epoch a checkpoint written mid-epoch trained
         if r.resume:
             self._resume(load_checkpoint(r.resume, kind="pretrain checkpoint", required=("model", "teacher")))
 
@@ -131,8 +137,9 @@ class Pretrainer:
         return imagenet_normalise(x.to(self.device, non_blocking=True))
 
     # ------------------------------------------------------------------ one step
-    def training_step(self, globals_: list, locals_: list, values: dict[str, float]) -> dict[str, float]:
-        """One optimisation step at the scheduled ``values`` (lr, momentum, teacher_temp, weight_decay)."""
+    def training_step(self, globals_: list, locals_: list, values: dict[str, float]) -> dict[str, float] | None:
+        """One optimisation step at the scheduled ``values`` (lr, momentum, teacher_temp, weight_decay); None
+        when it was skipped for a non-finite loss or gradient (no student, teacher or centre update)."""
         m, o = self.cfg.method, self.cfg.optim
         g = torch.cat([self._normalise(v) for v in globals_])
         grid = self.cfg.crops.global_size // self.patch
@@ -163,14 +170,19 @@ class Pretrainer:
             terms.update({f"vicreg_{k}": v.detach() for k, v in vic.items()})
         weights = {"dino": m.dino_weight, "ibot": m.ibot_weight, "koleo": m.koleo_weight, "vicreg": m.vicreg_weight}
         loss = sum(terms[k] * w for k, w in weights.items() if k in terms)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"pretraining loss is {loss.item()} at step {self.step}")
         for group in self.optimizer.param_groups:
             group["lr"], group["weight_decay"] = values["lr"], values["weight_decay"]
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # on every process, finite or not: DDP's gradient all-reduce is a collective
         if o.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), o.grad_clip)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), o.grad_clip))
+        else:
+            grad_norm = gradient_norm(self.student.parameters())
+        # the gradients are all-reduced, so a NaN on one process makes every process skip this step
+        losses = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+        if self.guard.skip(losses, grad_norm, step=self.step, epoch=self.epoch):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
         self.optimizer.step()
         with torch.no_grad():
             t_params, s_params = list(self.teacher.parameters()), list(self.student.parameters())
@@ -188,8 +200,8 @@ class Pretrainer:
     # ------------------------------------------------------------------ the run
     def fit(self) -> Path:
         cfg, run = self.cfg, self.run
-        sampler = DistributedSampler(self.data, run.dist.world_size, run.dist.rank, shuffle=True, seed=cfg.run.seed,
-                                     drop_last=True)
+        sampler = ResumableSampler(self.data, run.dist.world_size, run.dist.rank, shuffle=True, seed=cfg.run.seed,
+                                   drop_last=True)
         workers = resolve_num_workers(cfg.data.num_workers, self.device)
         loader = DataLoader(self.data, cfg.optim.batch_size, sampler=sampler, collate_fn=collate_views,
                             num_workers=workers, drop_last=True, persistent_workers=workers > 0,
@@ -199,33 +211,8 @@ class Pretrainer:
         scheduled = schedules(cfg, cfg.optim.epochs * len(loader), run.budget_s)
         log.info("pretraining %s on %d images: %d epochs of %d steps", cfg.model.arch, len(self.data),
                  cfg.optim.epochs, len(loader))
-        stop = False
-        while self.epoch < cfg.optim.epochs and not stop:
-            sampler.set_epoch(self.epoch)
-            loader.generator.manual_seed(cfg.run.seed + self.epoch)
-            started, first_step = time.time(), self.step
-            sums: dict[str, float] = {}
-            bar = tqdm(loader, desc=f"pretrain {self.epoch + 1}/{cfg.optim.epochs}", leave=False, dynamic_ncols=True,
-                       disable=not run.is_main)
-            for globals_, locals_ in bar:
-                clock = Clock(self.step, self.epoch, self.elapsed + time.time() - started)
-                values = self.training_step(globals_, locals_, {k: s(clock) for k, s in scheduled.items()})
-                self.step += 1
-                for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                bar.set_postfix(loss=f"{values['loss']:.3f}", std=f"{values['embedding_std']:.3f}")
-                if self.step % cfg.run.log_frequency == 0:
-                    run.logger.scalars(values, self.step, "pretrain")
-                if run.out_of_time(self.elapsed + time.time() - started):
-                    stop = True
-                    break
-            self.elapsed += time.time() - started
-            means = {k: v / max(1, self.step - first_step) for k, v in sums.items()}
-            log.info("pretrain epoch %d: %s (%.0f s)", self.epoch + 1,
-                     " ".join(f"{k} {means[k]:.4f}" for k in SUMMARY_KEYS if k in means), self.elapsed)
-            self.epoch += 1
-            if stop or self.epoch % cfg.run.checkpoint_every == 0 or self.epoch == cfg.optim.epochs:
-                self.save(run.out / "pretrain_last.pth")
+        with run.stop_requests:  # SIGTERM / SIGINT: finish the step, save pretrain_last.pth, stop
+            self._epochs(loader, sampler, scheduled)
         path = run.out / ENCODER_FILE
         if run.is_main:  # the teacher's encoder: the averaged, smoother one (as DINO evaluates)
             save_encoder(self.teacher.encoder, cfg.model.arch, path, {"steps": self.step, "epochs": self.epoch})
@@ -233,11 +220,56 @@ class Pretrainer:
         run.close()
         return path
 
-    def save(self, path: Path) -> None:
+    def _epochs(self, loader, sampler: ResumableSampler, scheduled: dict) -> None:
+        cfg, run = self.cfg, self.run
+        stop = False
+        while self.epoch < cfg.optim.epochs and not stop:
+            sampler.set_epoch(self.epoch)
+            loader.generator.manual_seed(cfg.run.seed + self.epoch)
+            progress = self.progress if self.progress and self.progress["epoch"] == self.epoch else {
+                "epoch": self.epoch, "batches": 0, "sums": {}, "steps": 0}
+            self.progress = None
+            sampler.skip = progress["batches"] * cfg.optim.batch_size  # resumed mid-epoch: the rest of it
+            started, sums = time.time(), progress["sums"]
+            bar = tqdm(loader, desc=f"pretrain {self.epoch + 1}/{cfg.optim.epochs}", leave=False, dynamic_ncols=True,
+                       disable=not run.is_main)
+            for globals_, locals_ in bar:
+                clock = Clock(self.step, self.epoch, self.elapsed + time.time() - started)
+                values = self.training_step(globals_, locals_, {k: s(clock) for k, s in scheduled.items()})
+                self.step += 1
+                progress["batches"] += 1
+                if values is not None:
+                    progress["steps"] += 1
+                    for k, v in values.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    bar.set_postfix(loss=f"{values['loss']:.3f}", std=f"{values['embedding_std']:.3f}")
+                    if self.step % cfg.run.log_frequency == 0:
+                        run.logger.scalars(values, self.step, "pretrain")
+                halt = run.should_stop(self.elapsed + time.time() - started)
+                if halt.signum is not None:
+                    self.elapsed += time.time() - started
+                    self.save(run.out / LAST_FILE, progress=progress)
+                    raise RunInterrupted(halt.signum, run.out / LAST_FILE, resume_flag="--resume")
+                if halt:
+                    stop = True
+                    break
+            self.elapsed += time.time() - started
+            means = {k: v / max(1, progress["steps"]) for k, v in sums.items()}
+            log.info("pretrain epoch %d: %s (%.0f s)", self.epoch + 1,
+                     " ".join(f"{k} {means[k]:.4f}" for k in SUMMARY_KEYS if k in means), self.elapsed)
+            self.epoch += 1
+            if stop or self.epoch % cfg.run.checkpoint_every == 0 or self.epoch == cfg.optim.epochs:
+                self.save(run.out / LAST_FILE)
+
+    def save(self, path: Path, progress: dict | None = None) -> None:
+        """``epoch``: the epochs finished; ``progress``: how far the next one got (a mid-epoch stop)."""
         self.run.save(path, {"model": self.student.state_dict(), "teacher": self.teacher.state_dict(),
                              "optimizer": self.optimizer.state_dict(), "dino_center": self.dino_loss.center,
                              "ibot_center": self.ibot_loss.center, "epoch": self.epoch, "step": self.step,
-                             "elapsed": self.elapsed, "metadata": {"arch": self.cfg.model.arch}})
+                             "elapsed": self.elapsed, "bad_steps": self.guard.state(), "progress": progress,
+                             "mask_rng": gather_objects(self.mask_generator.get_state()),  # one per process
+                             "metadata": {"arch": self.cfg.model.arch}})
+        self.guard.last_checkpoint = str(path)
 
     def _resume(self, ckpt: dict) -> None:
         self.student.load_state_dict(ckpt["model"])
@@ -246,5 +278,10 @@ class Pretrainer:
         self.dino_loss.center.copy_(ckpt["dino_center"])
         self.ibot_loss.center.copy_(ckpt["ibot_center"])
         self.epoch, self.step, self.elapsed = ckpt["epoch"], ckpt["step"], ckpt["elapsed"]
+        self.guard.load(ckpt.get("bad_steps"))
+        self.progress = ckpt.get("progress")
+        masks = ckpt.get("mask_rng")
+        if masks is not None and len(masks) == self.run.dist.world_size:  # this process's iBOT mask draws
+            self.mask_generator.set_state(masks[self.run.dist.rank])
         self.run.restore_rng(ckpt["rng"])
         log.info("resumed pretraining at epoch %d, step %d", self.epoch + 1, self.step)
