@@ -49,6 +49,17 @@ def test_pretraining_writes_an_encoder_and_logs_every_term(pretrained):
     assert momenta[0] == pytest.approx(0.992) and momenta[-1] > momenta[0]
     ckpt = load_checkpoint(pretrained / "pretrain_last.pth")
     assert ckpt["step"] == 4 and ckpt["epoch"] == 2
+    # the curve a user reads: a CSV row per logged step with the same values, and the chart of it
+    import csv
+
+    rows = list(csv.DictReader((pretrained / "pretrain_curve.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert [float(r["dino"]) for r in rows] == pytest.approx([e.value for e in events.Scalars("pretrain/dino")],
+                                                             rel=1e-4)
+    from PIL import Image
+
+    with Image.open(pretrained / "pretrain_curves.png") as chart:
+        assert chart.width > 600 and chart.height > 300
 
 
 def test_the_encoder_file_is_the_teachers_encoder_and_a_detection_backbone(pretrained, shapes, tmp_path):

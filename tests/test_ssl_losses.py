@@ -231,3 +231,49 @@ def test_multicrop_counts_shapes_and_range() -> None:
     torch.manual_seed(9)  # same seed -> same random crops: draws come from torch's global RNG
     again, again_locals = crop(image)
     assert all(torch.equal(x, y) for x, y in zip(again + again_locals, globals_ + locals_))
+
+
+def test_multicrop_view_region_draws_every_view_of_an_image_from_one_window() -> None:
+    """An image whose red and green channels are its x and y coordinates (0..1): a view's mean colour is
+    where it was cut. With a window of 1 % of the image (a tenth of each side) every view of one call lies
+    within 0.1 of the others, and across calls the windows cover the image; without a window the two global
+    views are usually far apart."""
+    h = w = 200
+    image = torch.zeros(3, h, w)
+    image[0] = torch.linspace(0, 1, w)[None, :].expand(h, w)
+    image[1] = torch.linspace(0, 1, h)[:, None].expand(h, w)
+    plain = dict(global_size=16, local_size=8, n_local=2, global_scale=(0.002, 0.005), local_scale=(0.0005, 0.001),
+                 jitter_p=0.0, grayscale_p=0.0, solarize_p=0.0)
+    torch.manual_seed(0)
+    windowed, anywhere = MultiCrop(**plain, view_region=0.01), MultiCrop(**plain)
+    centres, apart = [], 0
+    for _ in range(40):
+        globals_, locals_ = windowed(image)
+        where = torch.stack([v[:2].mean((1, 2)) for v in globals_ + locals_])  # (x, y) of each view
+        assert float((where.max(0).values - where.min(0).values).max()) <= 0.1 + 1e-3
+        centres.append(where.mean(0))
+        g1, g2 = anywhere(image)[0]
+        apart += float((g1[:2].mean((1, 2)) - g2[:2].mean((1, 2))).abs().max()) > 0.2
+    centres = torch.stack(centres)
+    assert float(centres.min()) < 0.2 and float(centres.max()) > 0.8  # windows all over the image
+    assert apart > 25
+    with pytest.raises(ValueError, match="do not fit a view region"):
+        MultiCrop(**{**plain, "global_scale": (0.02, 0.2)}, view_region=0.1)
+
+
+def test_head_batch_center_removes_what_every_sample_shares() -> None:
+    """Inputs = one large shared vector + small per-sample differences: without centring every sample's
+    bottleneck points the same way (cosine near 1) and the prototype logits hardly differ between samples;
+    with it the shared part is gone, the directions spread and the logits differ."""
+    torch.manual_seed(0)
+    x = 5.0 * torch.randn(1, 32) + 0.05 * torch.randn(16, 32)
+    plain = DINOHead(32, out_dim=64, hidden_dim=64, bottleneck_dim=16)
+    centred = DINOHead(32, out_dim=64, hidden_dim=64, bottleneck_dim=16, batch_center=True)
+    centred.load_state_dict(plain.state_dict())
+
+    def mean_cosine(head: DINOHead) -> float:
+        z = torch.nn.functional.normalize(head.mlp(x) - (head.mlp(x).mean(0) if head.batch_center else 0), dim=-1)
+        return float((z @ z.t()).fill_diagonal_(0).sum() / (16 * 15))
+    assert mean_cosine(plain) > 0.99 and abs(mean_cosine(centred)) < 0.1
+    with torch.no_grad():
+        assert float(plain(x).std(0).mean()) < 0.1 * float(centred(x).std(0).mean())

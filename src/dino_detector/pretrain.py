@@ -17,6 +17,8 @@ from pathlib import Path
 from .cli import parse_settings
 from .config import PretrainConfig
 
+CURVES_FILE = "pretrain_curves.png"  # every loss term over steps (analysis/plots.plot_pretraining)
+
 log = logging.getLogger(__name__)
 
 
@@ -83,6 +85,17 @@ def _layout_crops(folder: str, seed: int):
     return (sources.train.images, sources.train.coco), (sources.val.images, sources.val.coco)
 
 
+def curve_chart(cfg: PretrainConfig):
+    """Draws ``pretrain_curves.png`` (every loss term over steps; the DINO panel with its uniform-output
+    level ln K) in the output folder whenever the pretrainer reports its curve."""
+    import math
+
+    from .analysis.plots import plot_pretraining
+
+    path = Path(cfg.run.output_dir) / CURVES_FILE
+    return lambda rows: plot_pretraining(rows, path, uniform_loss=math.log(cfg.method.out_dim))
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_settings(PretrainConfig, argv, description=__doc__.splitlines()[0],
                             epilog="\n".join(__doc__.splitlines()[2:]), config_file=True)
@@ -98,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_knn(cfg)
             return 0
         from .ssl.pretrainer import Pretrainer
-        path = Pretrainer(cfg).fit()
+        path = Pretrainer(cfg, on_curve=curve_chart(cfg)).fit()
     except (PretrainedUnavailableError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -82,3 +82,37 @@ def plot_training(history: list[dict], metrics: dict | None, path: str | Path) -
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+PRETRAIN_PANELS = ("loss", "dino", "ibot", "koleo", "vicreg", "embedding_std")  # those a run logs, in this order
+
+
+def plot_pretraining(rows: list[dict], path: str | Path, uniform_loss: float | None = None) -> Path | None:
+    """Every pretraining loss term (and the embedding spread) over steps, one panel each. ``uniform_loss``
+    (ln K, the DINO loss of a uniform output) is drawn on the DINO panel: a curve that stays on it is not
+    learning the image-level objective. ``rows``: ``{"step": s, term: value, ...}``. None without rows."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in PRETRAIN_PANELS if rows and any(k in r for r in rows)]
+    if not keys:
+        return None
+    cols = min(3, len(keys))
+    fig, axes = plt.subplots((len(keys) + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.2 * ((len(keys) + 2) // 3)),
+                             squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot([s for s, _ in points], [v for _, v in points], color="#3274a1", lw=1.2)
+        if key == "dino" and uniform_loss is not None:
+            ax.axhline(uniform_loss, color="#c44e52", ls="--", lw=1, label=f"uniform output: ln K = {uniform_loss:.2f}")
+            ax.legend(fontsize=8)
+        ax.set_title(key if key != "embedding_std" else "embedding_std (0 = collapsed)")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -49,6 +49,7 @@ class CropConfig(Settings):
     # size taught BCCD's cells, wider ones (0.1-0.6 / 0.01-0.1) did not (BENCHMARKS.md)
     global_scale: list[float] = field(default_factory=lambda: [0.02, 0.2])  # area range of the global crops (fractions of the image)
     local_scale: list[float] = field(default_factory=lambda: [0.002, 0.02])  # area range of the local crops (fractions of the image)
+    view_region: float = 1.0  # share of the image area all views of an image are drawn from (overlapping views); 1: anywhere
     color_jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.2, 0.1])  # brightness, contrast, saturation, hue jitter
     grayscale_p: float = 0.2  # probability of a greyscale view (lower it, and the hue jitter, where colour carries classes)
 
@@ -59,6 +60,8 @@ class MethodConfig(Settings):
     out_dim: int = 2048  # prototypes of the projection head
     head_hidden_dim: int = 1024  # hidden width of the projection head
     head_bottleneck_dim: int = 256  # bottleneck width before the prototypes
+    head_batch_center: bool = False  # subtract the batch mean of the head's bottleneck (a BatchNorm without scale)
+    separate_heads: bool = False  # a projection head of its own for the iBOT patch loss (else shared with DINO's)
     dino_weight: float = 1.0  # weight of the DINO loss on the CLS token (0 switches it off)
     ibot_weight: float = 1.0  # weight of the iBOT loss on masked patch tokens (0 switches it off)
     koleo_weight: float = 0.1  # weight of the KoLeo spreading regulariser (0 switches it off)

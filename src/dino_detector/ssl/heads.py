@@ -16,8 +16,9 @@ class DINOHead(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int = 4096, hidden_dim: int = 1024,
                  bottleneck_dim: int = 256, nlayers: int = 3, init_std: float = 0.02,
-                 norm_eps: float = 1e-6) -> None:
+                 norm_eps: float = 1e-6, batch_center: bool = False) -> None:
         super().__init__()
+        self.batch_center = batch_center
         if nlayers < 1:
             raise ValueError(f"nlayers must be >= 1, got {nlayers}")
         self.norm_eps = norm_eps
@@ -43,7 +44,12 @@ class DINOHead(nn.Module):
         magnitude.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [..., in_dim]`` -> logits ``[..., out_dim]``."""
+        """``x [..., in_dim]`` -> logits ``[..., out_dim]``. ``batch_center``: the bottleneck's mean over the
+        batch (every leading position) is subtracted before the L2 normalisation, a BatchNorm without scale
+        or running statistics (the head is used in pretraining only): what the samples share then no longer
+        decides the direction every sample points in."""
         z = self.mlp(x)
+        if self.batch_center:
+            z = z - z.reshape(-1, z.shape[-1]).mean(0)
         z = F.normalize(z, dim=-1, eps=self.norm_eps)
         return self.last_layer(z)

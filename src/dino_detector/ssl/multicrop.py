@@ -14,6 +14,12 @@ def _odd_kernel(size: int, fraction: float) -> int:
 class MultiCrop:
     """``__call__(image [3, H, W] float in 0..1) -> ([2 x [3, g, g]], [n_local x [3, l, l]])``.
 
+    ``view_region`` < 1: all views of one call are drawn from one random region of that share of the image
+    area (its aspect ratio the image's), so that the two global views overlap and share content even when
+    they are small, as on detection images whose crops are about one object in size: otherwise two cell-
+    sized crops from far apart on a smear have nothing in common to agree on and the image-level (CLS)
+    objective has no signal. The scales stay fractions of the whole image. 1: the whole image (DINO's).
+
     Randomness comes from torch's global RNG, so ``torch.manual_seed`` makes a run repeatable.
     """
 
@@ -23,8 +29,16 @@ class MultiCrop:
                  jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1), jitter_p: float = 0.8,
                  grayscale_p: float = 0.2, blur_sigma: tuple[float, float] = (0.1, 2.0),
                  blur_kernel_fraction: float = 0.1, solarize_threshold: float = 0.5,
-                 solarize_p: float = 0.2) -> None:
-        self.n_local = n_local
+                 solarize_p: float = 0.2, view_region: float = 1.0) -> None:
+        if not 0 < view_region <= 1:
+            raise ValueError(f"view_region must be in (0, 1], got {view_region}")
+        if max(global_scale) > view_region:
+            raise ValueError(f"global crops of up to {max(global_scale)} of the image do not fit a view region of "
+                             f"{view_region}")
+        self.n_local, self.view_region = n_local, view_region
+        # the crops' area ranges as fractions of the region they are drawn from
+        global_scale = tuple(f / view_region for f in global_scale)
+        local_scale = tuple(min(1.0, f / view_region) for f in local_scale)
 
         def base(size: int, scale: tuple[float, float]) -> list:
             return [
@@ -47,8 +61,19 @@ class MultiCrop:
     def __call__(self, image: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a [3, H, W] image, got {tuple(image.shape)}")
-        image = image.float()
+        image = self._region(image.float())
         # Resampling (antialias) can overshoot slightly; clamp so every view stays a valid image.
         globals_ = [self.global1(image).clamp(0.0, 1.0), self.global2(image).clamp(0.0, 1.0)]
         locals_ = [self.local(image).clamp(0.0, 1.0) for _ in range(self.n_local)]
         return globals_, locals_
+
+    def _region(self, image: torch.Tensor) -> torch.Tensor:
+        """A random window of ``view_region`` of the image's area (the image itself at 1)."""
+        if self.view_region >= 1:
+            return image
+        h, w = image.shape[-2:]
+        side = self.view_region ** 0.5
+        rh, rw = max(1, round(h * side)), max(1, round(w * side))
+        top = int(torch.randint(0, h - rh + 1, ()))
+        left = int(torch.randint(0, w - rw + 1, ()))
+        return image[:, top:top + rh, left:left + rw]

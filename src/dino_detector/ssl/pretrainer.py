@@ -7,9 +7,11 @@ checkpoints with RNG states, TensorBoard) with one ``Schedule`` per scheduled sc
 from __future__ import annotations
 
 import copy
+import csv
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -38,6 +40,7 @@ from .vicreg import VICRegLoss
 log = logging.getLogger(__name__)
 SUMMARY_KEYS = ("loss", "dino", "ibot", "koleo", "vicreg", "embedding_std")
 LAST_FILE = "pretrain_last.pth"
+CURVE_FILE = "pretrain_curve.csv"
 
 
 class UnlabeledImages(Dataset):
@@ -69,20 +72,24 @@ def collate_views(batch):
 
 
 class Student(torch.nn.Module):
-    """Encoder + one projection head shared by the DINO (CLS) and iBOT (patch) losses."""
+    """Encoder + the projection head of the DINO (CLS) loss and that of the iBOT (patch) loss: one shared head
+    (iBOT's choice), or two (``separate_heads``, DINOv2's option), so that the patch tokens, hundreds per
+    image, do not decide the prototypes the CLS token is scored on."""
 
     def __init__(self, encoder: torch.nn.Module, method):
         super().__init__()
         self.encoder = encoder
-        self.head = DINOHead(encoder.config.hidden_size, out_dim=method.out_dim, hidden_dim=method.head_hidden_dim,
-                             bottleneck_dim=method.head_bottleneck_dim)
+        head = dict(out_dim=method.out_dim, hidden_dim=method.head_hidden_dim, bottleneck_dim=method.head_bottleneck_dim,
+                    batch_center=method.head_batch_center)
+        self.head = DINOHead(encoder.config.hidden_size, **head)
+        self.patch_head = DINOHead(encoder.config.hidden_size, **head) if method.separate_heads else None
         self.prefix = 1 + getattr(encoder.config, "num_register_tokens", 0)
 
     def forward(self, pixels: torch.Tensor, masks: torch.Tensor | None = None):
         """pixels [N, 3, s, s] normalised -> (CLS embedding [N, D], CLS logits [N, K], patch logits [N, T, K])."""
         tokens = self.encoder(pixel_values=pixels, bool_masked_pos=masks).last_hidden_state
         cls, patches = tokens[:, 0], tokens[:, self.prefix:]
-        return cls, self.head(cls), self.head(patches)
+        return cls, self.head(cls), (self.patch_head or self.head)(patches)
 
 
 def schedules(cfg: PretrainConfig, total_steps: int, budget_s: float) -> dict[str, Schedule]:
@@ -103,8 +110,14 @@ def schedules(cfg: PretrainConfig, total_steps: int, budget_s: float) -> dict[st
 
 
 class Pretrainer:
-    def __init__(self, cfg: PretrainConfig):
+    """``Pretrainer(cfg, on_curve=...).fit()`` -> the encoder file. ``on_curve(rows, path)`` is called with the
+    loss curve (a row per logged step, also in ``pretrain_curve.csv``) whenever a checkpoint is written,
+    and at the end: the command draws it (pretrain_curves.png)."""
+
+    def __init__(self, cfg: PretrainConfig, on_curve: Callable[[list[dict]], None] | None = None):
         self.cfg = cfg
+        self.on_curve = on_curve
+        self.curve: list[dict] = []  # {"step", loss terms, embedding_std} every log_frequency steps
         r = cfg.run
         self.run = RunContext(device=r.device, seed=r.seed, output_dir=r.output_dir,
                               time_budget_min=cfg.optim.time_budget_min, log_dir=r.log_dir)
@@ -114,7 +127,8 @@ class Pretrainer:
         c = cfg.crops
         self.crops = MultiCrop(global_size=c.global_size, local_size=c.local_size, n_local=c.n_local,
                                global_scale=tuple(c.global_scale), local_scale=tuple(c.local_scale),
-                               jitter=tuple(c.color_jitter), grayscale_p=c.grayscale_p)
+                               jitter=tuple(c.color_jitter), grayscale_p=c.grayscale_p,
+                               view_region=c.view_region)
         self.data = UnlabeledImages(cfg.data.images, self.crops, cfg.data.cache_images)
         encoder = load_vit(cfg.model.arch, pretrained=cfg.model.pretrained)
         self.patch = encoder.config.patch_size
@@ -213,6 +227,7 @@ class Pretrainer:
                  cfg.optim.epochs, len(loader))
         with run.stop_requests:  # SIGTERM / SIGINT: finish the step, save pretrain_last.pth, stop
             self._epochs(loader, sampler, scheduled)
+        self.write_curve()
         path = run.out / ENCODER_FILE
         if run.is_main:  # the teacher's encoder: the averaged, smoother one (as DINO evaluates)
             save_encoder(self.teacher.encoder, cfg.model.arch, path, {"steps": self.step, "epochs": self.epoch})
@@ -245,6 +260,8 @@ class Pretrainer:
                     bar.set_postfix(loss=f"{values['loss']:.3f}", std=f"{values['embedding_std']:.3f}")
                     if self.step % cfg.run.log_frequency == 0:
                         run.logger.scalars(values, self.step, "pretrain")
+                        self.curve.append({"step": self.step, **{k: round(values[k], 5) for k in SUMMARY_KEYS
+                                                                  if k in values}})
                 halt = run.should_stop(self.elapsed + time.time() - started)
                 if halt.signum is not None:
                     self.elapsed += time.time() - started
@@ -268,8 +285,21 @@ class Pretrainer:
                              "ibot_center": self.ibot_loss.center, "epoch": self.epoch, "step": self.step,
                              "elapsed": self.elapsed, "bad_steps": self.guard.state(), "progress": progress,
                              "mask_rng": gather_objects(self.mask_generator.get_state()),  # one per process
-                             "metadata": {"arch": self.cfg.model.arch}})
+                             "curve": self.curve, "metadata": {"arch": self.cfg.model.arch}})
         self.guard.last_checkpoint = str(path)
+        self.write_curve()
+
+    def write_curve(self) -> None:
+        """``pretrain_curve.csv`` (and the command's chart) from the curve so far; process 0 only."""
+        if not self.run.is_main or not self.curve:
+            return
+        columns = list(dict.fromkeys(k for row in self.curve for k in row))
+        with (self.run.out / CURVE_FILE).open("w", newline="") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(self.curve)
+        if self.on_curve is not None:
+            self.on_curve(self.curve)
 
     def _resume(self, ckpt: dict) -> None:
         self.student.load_state_dict(ckpt["model"])
@@ -280,6 +310,7 @@ class Pretrainer:
         self.epoch, self.step, self.elapsed = ckpt["epoch"], ckpt["step"], ckpt["elapsed"]
         self.guard.load(ckpt.get("bad_steps"))
         self.progress = ckpt.get("progress")
+        self.curve = list(ckpt.get("curve", []))
         masks = ckpt.get("mask_rng")
         if masks is not None and len(masks) == self.run.dist.world_size:  # this process's iBOT mask draws
             self.mask_generator.set_state(masks[self.run.dist.rank])
