@@ -101,7 +101,7 @@ def _size(node, images: Path, file_name: str | None) -> tuple[int, int] | None:
         if width > 0 and height > 0:
             return width, height
     except (AttributeError, TypeError, ValueError):
-        pass
+        pass  # no <size>, or an unreadable one: the image header below says
     return header_size(images / file_name) if file_name else None  # (width, height)
 
 
