@@ -18,8 +18,8 @@ py=.venv/bin/python
 ENCODER="$OUT/pretrain/encoder_final.pth"
 KNN=(--eval_knn --images $D/JPEGImages --annotations $D/coco/instances_train.json
      --val_annotations $D/coco/instances_val.json --seed 0)
-# Colour carries the classes in stained smears: no hue jitter, no grayscale views. Crops at the scale of
-# single cells (the defaults; wider ones did not teach BCCD, BENCHMARKS.md).
+# Colour carries the classes in stained smears: no hue jitter, no grayscale views. Everything else at the
+# defaults (overlapping views, 256 prototypes, batch-standardised head: BENCHMARKS.md, issue 23).
 PRETRAIN=(--images $D/JPEGImages --arch flexible-tiny --time_budget_min 19.5 --epochs 200
           --color_jitter 0.4 0.4 0.2 0.0 --grayscale_p 0 --seed 0 ${PRETRAIN_EXTRA:-})
 DATA=(--train_images $D/JPEGImages --train_annotations $D/coco/instances_train.json

@@ -3,7 +3,6 @@ and the four kinds of exact outcome a case asserts."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import struct
@@ -19,17 +18,14 @@ from PIL import Image
 
 from dino_detector.config import DataConfig, build_config
 from dino_detector.data.build import build_datasets, open_source
-from dino_detector.data.coco import ORPHAN, CocoDetection
+from dino_detector.data.coco import CocoDetection
 from dino_detector.data.coco_form import DatasetError
-from dino_detector.data.images import ImageReadError, to_tensor_image
-from dino_detector.data.transforms import Resize, resize_for_inference
 from dino_detector.data.voc import read_voc
 from dino_detector.data.yolo import read_yolo
 from dino_detector.predict import main as predict_main
 from dino_detector.spec import plan_run
 from dino_detector.train import main as train_main
 
-from conftest import build_small_detector, perturb_head_
 from test_bad_input import jpeg  # a seeded random 64 x 48 JPEG
 from test_yolo_edges import labelled  # an 80 x 40 image and its YOLO label file
 

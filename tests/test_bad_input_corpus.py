@@ -25,11 +25,10 @@ from dino_detector.data.transforms import Resize, resize_for_inference
 from dino_detector.predict import main as predict_main
 
 from conftest import build_small_detector, perturb_head_
-from test_bad_input import jpeg
 from test_yolo_edges import labelled
 from bad_input_kit import (A, CAFE, CATS, Cli, Counted, Ctx, E, ExitsTwo, H, LINE, ONE, Raises, UINT8, W, Works, ZERO,
                             bomb_in_dataset, bomb_png, box, boxes_are, case, category_zero, category_zero_kept, close,
-                            coco, coco_cli, colour_is, dataset, gif, image_folder, image_is, inside, names_in, obj,
+                            coco_cli, colour_is, dataset, gif, image_folder, image_is, inside, names_in, obj,
                             predict_cli, problems, same_as, skipped_count, spaced_name, train_cli, truncated, voc,
                             yolo, yolo_bad_line, zero_byte_in_dataset)
 

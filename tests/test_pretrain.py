@@ -3,6 +3,7 @@ encoder as a detection backbone, continued pretraining of a DINOv2-architecture 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -30,7 +31,8 @@ def shapes(tmp_path_factory):
 def pretrained(shapes, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
     assert pretrain_main(["--images", str(shapes[0]), "--arch", "flexible-tiny", "--epochs", "2",
-                          "--checkpoint_every", "1", "--output_dir", str(out), *SMALL]) == 0
+                          "--checkpoint_every", "1", "--output_dir", str(out), *SMALL,
+                          "--teacher_temp", "0.07"]) == 0  # a warm-up from 0.04 to watch
     return out
 
 
@@ -40,7 +42,7 @@ def test_pretraining_writes_an_encoder_and_logs_every_term(pretrained):
     events.Reload()
     tags = set(events.Tags()["scalars"])
     for term in ("loss", "dino", "ibot", "koleo", "vicreg", "vicreg_variance", "teacher_temp", "momentum", "lr",
-                 "embedding_std"):
+                 "embedding_std", "target_entropy"):
         assert f"pretrain/{term}" in tags, term
     assert len(events.Scalars("pretrain/loss")) == 4  # 8 images, batch 4, 2 epochs
     temps = [e.value for e in events.Scalars("pretrain/teacher_temp")]
@@ -56,6 +58,9 @@ def test_pretraining_writes_an_encoder_and_logs_every_term(pretrained):
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert [float(r["dino"]) for r in rows] == pytest.approx([e.value for e in events.Scalars("pretrain/dino")],
                                                              rel=1e-4)
+    # the teacher's target entropy, the uniform-output monitor: between 0 and ln K
+    out_dim = int(SMALL[SMALL.index("--out_dim") + 1])
+    assert all(0 < float(r["target_entropy"]) <= math.log(out_dim) + 1e-4 for r in rows)
     from PIL import Image
 
     with Image.open(pretrained / "pretrain_curves.png") as chart:

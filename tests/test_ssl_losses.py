@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dino_detector.ssl.dino_loss import DINOLoss
-from dino_detector.ssl.heads import DINOHead
+from dino_detector.ssl.heads import BatchStandardise, DINOHead
 from dino_detector.ssl.ibot_loss import IBOTPatchLoss
 from dino_detector.ssl.koleo import KoLeoLoss
 from dino_detector.ssl.masking import batch_masks, block_mask
@@ -261,19 +261,41 @@ def test_multicrop_view_region_draws_every_view_of_an_image_from_one_window() ->
         MultiCrop(**{**plain, "global_scale": (0.02, 0.2)}, view_region=0.1)
 
 
-def test_head_batch_center_removes_what_every_sample_shares() -> None:
-    """Inputs = one large shared vector + small per-sample differences: without centring every sample's
+def test_head_norms_remove_what_every_sample_shares() -> None:
+    """Inputs = one large shared vector + small per-sample differences: without a norm every sample's
     bottleneck points the same way (cosine near 1) and the prototype logits hardly differ between samples;
-    with it the shared part is gone, the directions spread and the logits differ."""
+    with ``center`` (the bottleneck's batch mean removed) or ``batch`` (every hidden layer standardised over
+    the batch) the shared part is gone, the directions spread and the logits differ."""
     torch.manual_seed(0)
     x = 5.0 * torch.randn(1, 32) + 0.05 * torch.randn(16, 32)
-    plain = DINOHead(32, out_dim=64, hidden_dim=64, bottleneck_dim=16)
-    centred = DINOHead(32, out_dim=64, hidden_dim=64, bottleneck_dim=16, batch_center=True)
-    centred.load_state_dict(plain.state_dict())
+    heads = {norm: DINOHead(32, out_dim=64, hidden_dim=64, bottleneck_dim=16, norm=norm)
+             for norm in ("none", "center", "batch")}
+    linears = [m for m in heads["none"].mlp if isinstance(m, torch.nn.Linear)]
+    for head in heads.values():  # the same weights (BatchStandardise has none)
+        for mine, theirs in zip([m for m in head.mlp if isinstance(m, torch.nn.Linear)], linears, strict=True):
+            mine.load_state_dict(theirs.state_dict())
+        head.last_layer.load_state_dict(heads["none"].last_layer.state_dict())
 
     def mean_cosine(head: DINOHead) -> float:
-        z = torch.nn.functional.normalize(head.mlp(x) - (head.mlp(x).mean(0) if head.batch_center else 0), dim=-1)
+        z = head.bottleneck(x)
         return float((z @ z.t()).fill_diagonal_(0).sum() / (16 * 15))
-    assert mean_cosine(plain) > 0.99 and abs(mean_cosine(centred)) < 0.1
     with torch.no_grad():
-        assert float(plain(x).std(0).mean()) < 0.1 * float(centred(x).std(0).mean())
+        assert mean_cosine(heads["none"]) > 0.99
+        assert abs(mean_cosine(heads["center"])) < 0.1 and mean_cosine(heads["batch"]) < 0.9
+        spread = {norm: float(head(x).std(0).mean()) for norm, head in heads.items()}
+    assert spread["none"] < 0.1 * spread["center"] and spread["none"] < 0.1 * spread["batch"]
+    with pytest.raises(ValueError, match="head norm must be one of"):
+        DINOHead(32, norm="layer")
+
+
+def test_batch_standardise_values() -> None:
+    """Every feature over every leading position: mean 0, variance 1 (biased, as BatchNorm), for [N, D] and
+    [B, T, D] alike; it has no parameters or buffers, so a teacher in eval mode normalises as the student."""
+    torch.manual_seed(0)
+    x = 3.0 + 2.0 * torch.randn(4, 5, 6)
+    y = BatchStandardise()(x).reshape(-1, 6)
+    torch.testing.assert_close(y.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(0, unbiased=False), torch.ones(6), atol=1e-3, rtol=0)
+    flat = x.reshape(-1, 6)
+    torch.testing.assert_close(BatchStandardise()(flat), y)
+    assert not list(BatchStandardise().parameters()) and not list(BatchStandardise().buffers())

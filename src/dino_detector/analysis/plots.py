@@ -103,9 +103,17 @@ def plot_pretraining(rows: list[dict], path: str | Path, uniform_loss: float | N
                              squeeze=False)
     for ax, key in zip(axes.flat, keys):
         points = [(r["step"], r[key]) for r in rows if key in r]
-        ax.plot([s for s, _ in points], [v for _, v in points], color="#3274a1", lw=1.2)
-        if key == "dino" and uniform_loss is not None:
-            ax.axhline(uniform_loss, color="#c44e52", ls="--", lw=1, label=f"uniform output: ln K = {uniform_loss:.2f}")
+        ax.plot([s for s, _ in points], [v for _, v in points], color="#3274a1", lw=1.2, label=key)
+        if key == "dino":
+            # the loss is the targets' entropy plus how far the student is from them (KL): both lines
+            # near ln K = a teacher that says nothing; a gap between them = a student that does not follow
+            entropy = [(r["step"], r["target_entropy"]) for r in rows if "target_entropy" in r]
+            if entropy:
+                ax.plot([s for s, _ in entropy], [v for _, v in entropy], color="#dd8452", lw=1,
+                        label="teacher target entropy")
+            if uniform_loss is not None:
+                ax.axhline(uniform_loss, color="#c44e52", ls="--", lw=1,
+                           label=f"uniform output: ln K = {uniform_loss:.2f}")
             ax.legend(fontsize=8)
         ax.set_title(key if key != "embedding_std" else "embedding_std (0 = collapsed)")
         ax.set_xlabel("step")

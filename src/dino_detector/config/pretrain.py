@@ -45,11 +45,14 @@ class CropConfig(Settings):
     global_size: int = 96  # side of the global crops, pixels
     local_size: int = 48  # side of the local crops, pixels
     n_local: int = 4  # local crops per image
-    # fractions of the image area. Detection images hold many small objects: crops about one object in
-    # size taught BCCD's cells, wider ones (0.1-0.6 / 0.01-0.1) did not (BENCHMARKS.md)
-    global_scale: list[float] = field(default_factory=lambda: [0.02, 0.2])  # area range of the global crops (fractions of the image)
-    local_scale: list[float] = field(default_factory=lambda: [0.002, 0.02])  # area range of the local crops (fractions of the image)
-    view_region: float = 1.0  # share of the image area all views of an image are drawn from (overlapping views); 1: anywhere
+    # fractions of the image area. Detection images hold many small objects, and two views of one image
+    # share content only where they overlap: the global crops of an image cover nearly one window (12-20 %
+    # of the image inside a 20 % region), the local ones a third to a half of it. With crops anywhere in
+    # the image the DINO target of one view could not be predicted from another and the loss stayed at
+    # ln K (BENCHMARKS.md, issue 23)
+    global_scale: list[float] = field(default_factory=lambda: [0.12, 0.2])  # area range of the global crops (fractions of the image)
+    local_scale: list[float] = field(default_factory=lambda: [0.04, 0.1])  # area range of the local crops (fractions of the image)
+    view_region: float = 0.2  # share of the image area all views of an image are drawn from (overlapping views); 1: anywhere
     color_jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.2, 0.1])  # brightness, contrast, saturation, hue jitter
     grayscale_p: float = 0.2  # probability of a greyscale view (lower it, and the hue jitter, where colour carries classes)
 
@@ -57,10 +60,10 @@ class CropConfig(Settings):
 @dataclass(frozen=True)
 class MethodConfig(Settings):
     """Heads, losses and the teacher."""
-    out_dim: int = 2048  # prototypes of the projection head
+    out_dim: int = 256  # prototypes of the projection head (fit it to the data: a few hundred images, a few hundred prototypes)
     head_hidden_dim: int = 1024  # hidden width of the projection head
-    head_bottleneck_dim: int = 256  # bottleneck width before the prototypes
-    head_batch_center: bool = False  # subtract the batch mean of the head's bottleneck (a BatchNorm without scale)
+    head_bottleneck_dim: int = 64  # bottleneck width before the prototypes (random prototypes' cosines spread as 1/sqrt of it)
+    head_norm: Literal["none", "center", "batch"] = "batch"  # what the head removes of what a batch shares: nothing, the bottleneck mean, or every hidden layer standardised (DINO use_bn_in_head)
     separate_heads: bool = False  # a projection head of its own for the iBOT patch loss (else shared with DINO's)
     dino_weight: float = 1.0  # weight of the DINO loss on the CLS token (0 switches it off)
     ibot_weight: float = 1.0  # weight of the iBOT loss on masked patch tokens (0 switches it off)
@@ -68,8 +71,8 @@ class MethodConfig(Settings):
     vicreg_weight: float = 0.04  # weight of VICReg on the global views' CLS embeddings (0 switches it off)
     centering: Literal["centering", "sinkhorn"] = "centering"  # teacher targets: centring, or Sinkhorn-Knopp
     student_temp: float = 0.1  # temperature of the student's softmax
-    teacher_temp: float = 0.07  # temperature of the teacher's softmax after its warm-up
-    warmup_teacher_temp: float = 0.04  # teacher temperature at the start of its warm-up
+    teacher_temp: float = 0.04  # temperature of the teacher's softmax after its warm-up
+    warmup_teacher_temp: float = 0.04  # teacher temperature at the start of its warm-up (equal: constant)
     warmup_teacher_temp_epochs: int = 10  # epochs of the teacher temperature's linear warm-up
     momentum_teacher: float = 0.992  # teacher EMA momentum at the start; cosine schedule to 1.0
     mask_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])  # iBOT: range of the masked share of a global view

@@ -198,17 +198,23 @@ class Settings:
 
 
 def read_yaml(path: str | Path) -> dict:
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise SettingsError(f"settings file not found: {path}")
+    return read_yaml_mapping(path, SettingsError, what="a mapping of settings")
+
+
+def read_yaml_mapping(path: Path, error: type[Exception], what: str = "a mapping") -> dict:
+    """The mapping a YAML file holds (an empty file: {}); ``error(message)`` when it is not valid YAML
+    or holds something else. Every YAML file the package reads (settings, YOLO data.yaml) comes here."""
+    import yaml
+
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise SettingsError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise error(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise SettingsError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+        raise error(f"{path}: expected {what}, got {type(data).__name__}")
     return data
 
 

@@ -225,6 +225,14 @@ class ResumableSampler(DistributedSampler):
     def __len__(self) -> int:
         return super().__len__() - self.skip
 
+    def resume_within(self, saved: dict | None, epoch: int, done: str, samples_per_unit: int) -> dict | None:
+        """The running totals a checkpoint written mid-epoch saved (``saved``), when they belong to ``epoch``;
+        the next pass then skips the ``saved[done] * samples_per_unit`` samples already trained on. Else None."""
+        if not saved or saved.get("epoch") != epoch:
+            return None
+        self.skip = saved[done] * samples_per_unit
+        return saved
+
 
 def make_loader(dataset: Dataset, *, batch_size: int, num_workers: int, device: torch.device, shuffle: bool,
                 seed: int, rank: int = 0, world: int = 1) -> DataLoader:

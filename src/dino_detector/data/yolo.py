@@ -18,8 +18,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-import yaml
-
+from ..config.settings import read_yaml_mapping
 from .coco_form import Converted, add_box, add_image, coco_skeleton
 from .images import header_size, scan_images, shown
 
@@ -35,11 +34,8 @@ def yolo_config(annotations: str | Path) -> tuple[dict, Path, Path]:
     cfg_path = p if p.is_file() else p / "data.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"YOLO data.yaml not found: {cfg_path}")
-    try:
-        cfg = yaml.safe_load(cfg_path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{cfg_path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(cfg, dict) or "names" not in cfg:
+    cfg = read_yaml_mapping(cfg_path, ValueError, what="a mapping with a 'names' list")
+    if "names" not in cfg:
         raise ValueError(f"{cfg_path} has no 'names' list")
     base = Path(cfg["path"]) if cfg.get("path") else None
     if base is None:

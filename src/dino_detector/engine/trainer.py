@@ -239,9 +239,9 @@ class Trainer:
             # the order of an epoch is fixed by (seed, epoch): a resumed run sees the same batches
             loader.sampler.set_epoch(epoch)
             loader.generator.manual_seed(t.seed + epoch)
-            progress = self.resume_progress if self.resume_progress and self.resume_progress["epoch"] == epoch else None
-            if progress:  # resumed mid-epoch: skip the windows already trained on
-                loader.sampler.skip = progress["windows"] * settings.accum_steps * t.batch_size
+            # resumed mid-epoch: the loader skips the windows already trained on
+            progress = loader.sampler.resume_within(self.resume_progress, epoch, "windows",
+                                                    settings.accum_steps * t.batch_size)
             if t.unfreeze_at_epoch and epoch == t.unfreeze_at_epoch:
                 self._unfreeze_backbone()
             reset_peak(self.device)

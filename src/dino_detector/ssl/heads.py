@@ -6,29 +6,55 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+HEAD_NORMS = ("none", "center", "batch")
+
+
+class BatchStandardise(nn.Module):
+    """Each feature standardised over the batch (every leading position): a BatchNorm without affine
+    parameters or running statistics, so that teacher (in eval mode) and student normalise alike.
+    ``x [..., D]`` -> same shape."""
+
+    def __init__(self, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        var, mean = torch.var_mean(flat, dim=0, unbiased=False)
+        return (x - mean) * torch.rsqrt(var + self.eps)
+
 
 class DINOHead(nn.Module):
     """MLP -> bottleneck -> L2 normalisation -> weight-normalised prototype layer.
 
     Input ``x`` is ``[N, in_dim]`` or ``[B, T, in_dim]`` (every layer acts on the last dim);
     the output has the same leading shape with ``out_dim`` logits (one per prototype).
+
+    ``norm`` decides what the samples of a batch share:
+    - ``"none"``: nothing is removed (DINO's ViT head);
+    - ``"center"``: the bottleneck's batch mean is subtracted before the L2 normalisation;
+    - ``"batch"``: every hidden layer is standardised over the batch before its GELU (DINO's
+      ``use_bn_in_head``): the head then cannot map different images to one output, whatever they share.
     """
 
     def __init__(self, in_dim: int, out_dim: int = 4096, hidden_dim: int = 1024,
                  bottleneck_dim: int = 256, nlayers: int = 3, init_std: float = 0.02,
-                 norm_eps: float = 1e-6, batch_center: bool = False) -> None:
+                 norm_eps: float = 1e-6, norm: str = "none") -> None:
         super().__init__()
-        self.batch_center = batch_center
+        if norm not in HEAD_NORMS:
+            raise ValueError(f"head norm must be one of {HEAD_NORMS}, got {norm!r}")
         if nlayers < 1:
             raise ValueError(f"nlayers must be >= 1, got {nlayers}")
+        self.norm = norm
         self.norm_eps = norm_eps
+        hidden = [nn.GELU()] if norm != "batch" else [BatchStandardise(), nn.GELU()]
         layers: list[nn.Module] = []
         if nlayers == 1:
             layers.append(nn.Linear(in_dim, bottleneck_dim))
         else:
-            layers += [nn.Linear(in_dim, hidden_dim), nn.GELU()]
+            layers += [nn.Linear(in_dim, hidden_dim), *hidden]
             for _ in range(nlayers - 2):
-                layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
+                layers += [nn.Linear(hidden_dim, hidden_dim), *hidden]
             layers.append(nn.Linear(hidden_dim, bottleneck_dim))
         self.mlp = nn.Sequential(*layers)
         for module in self.mlp:
@@ -43,13 +69,13 @@ class DINOHead(nn.Module):
             magnitude.fill_(1.0)
         magnitude.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [..., in_dim]`` -> logits ``[..., out_dim]``. ``batch_center``: the bottleneck's mean over the
-        batch (every leading position) is subtracted before the L2 normalisation, a BatchNorm without scale
-        or running statistics (the head is used in pretraining only): what the samples share then no longer
-        decides the direction every sample points in."""
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., in_dim]`` -> the L2-normalised bottleneck ``[..., bottleneck_dim]``."""
         z = self.mlp(x)
-        if self.batch_center:
+        if self.norm == "center":
             z = z - z.reshape(-1, z.shape[-1]).mean(0)
-        z = F.normalize(z, dim=-1, eps=self.norm_eps)
-        return self.last_layer(z)
+        return F.normalize(z, dim=-1, eps=self.norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., in_dim]`` -> logits ``[..., out_dim]`` (cosine similarities to the prototypes)."""
+        return self.last_layer(self.bottleneck(x))

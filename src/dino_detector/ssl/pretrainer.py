@@ -38,7 +38,7 @@ from .multicrop import MultiCrop
 from .vicreg import VICRegLoss
 
 log = logging.getLogger(__name__)
-SUMMARY_KEYS = ("loss", "dino", "ibot", "koleo", "vicreg", "embedding_std")
+SUMMARY_KEYS = ("loss", "dino", "ibot", "koleo", "vicreg", "embedding_std", "target_entropy")
 LAST_FILE = "pretrain_last.pth"
 CURVE_FILE = "pretrain_curve.csv"
 
@@ -80,7 +80,7 @@ class Student(torch.nn.Module):
         super().__init__()
         self.encoder = encoder
         head = dict(out_dim=method.out_dim, hidden_dim=method.head_hidden_dim, bottleneck_dim=method.head_bottleneck_dim,
-                    batch_center=method.head_batch_center)
+                    norm=method.head_norm)
         self.head = DINOHead(encoder.config.hidden_size, **head)
         self.patch_head = DINOHead(encoder.config.hidden_size, **head) if method.separate_heads else None
         self.prefix = 1 + getattr(encoder.config, "num_register_tokens", 0)
@@ -207,8 +207,10 @@ class Pretrainer:
             # collapse monitor: per-dimension std of the L2-normalised embeddings (0 when collapsed,
             # about 1/sqrt(D) when spread out)
             spread = torch.nn.functional.normalize(s_emb.detach(), dim=-1).std(0).mean()
+            # entropy of the DINO targets: ln K when the teacher says nothing (uniform), the collapse to watch
+            entropy = -(t_probs * t_probs.clamp_min(1e-12).log()).sum(-1).mean()
         out = {k: float(v.detach()) for k, v in terms.items()}
-        out.update(loss=float(loss.detach()), embedding_std=float(spread), **values)
+        out.update(loss=float(loss.detach()), embedding_std=float(spread), target_entropy=float(entropy), **values)
         return out
 
     # ------------------------------------------------------------------ the run
@@ -241,10 +243,10 @@ class Pretrainer:
         while self.epoch < cfg.optim.epochs and not stop:
             sampler.set_epoch(self.epoch)
             loader.generator.manual_seed(cfg.run.seed + self.epoch)
-            progress = self.progress if self.progress and self.progress["epoch"] == self.epoch else {
+            # resumed mid-epoch: the rest of it
+            progress = sampler.resume_within(self.progress, self.epoch, "batches", cfg.optim.batch_size) or {
                 "epoch": self.epoch, "batches": 0, "sums": {}, "steps": 0}
             self.progress = None
-            sampler.skip = progress["batches"] * cfg.optim.batch_size  # resumed mid-epoch: the rest of it
             started, sums = time.time(), progress["sums"]
             bar = tqdm(loader, desc=f"pretrain {self.epoch + 1}/{cfg.optim.epochs}", leave=False, dynamic_ncols=True,
                        disable=not run.is_main)
