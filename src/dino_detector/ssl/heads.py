@@ -19,9 +19,8 @@ class BatchStandardise(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        var, mean = torch.var_mean(flat, dim=0, unbiased=False)
-        return (x - mean) * torch.rsqrt(var + self.eps)
+        flat = F.batch_norm(x.reshape(-1, x.shape[-1]), None, None, training=True, eps=self.eps)
+        return flat.reshape(x.shape)
 
 
 class DINOHead(nn.Module):
@@ -47,14 +46,17 @@ class DINOHead(nn.Module):
             raise ValueError(f"nlayers must be >= 1, got {nlayers}")
         self.norm = norm
         self.norm_eps = norm_eps
-        hidden = [nn.GELU()] if norm != "batch" else [BatchStandardise(), nn.GELU()]
+        def hidden(width_in: int) -> list[nn.Module]:
+            standardise = [BatchStandardise()] if norm == "batch" else []
+            return [nn.Linear(width_in, hidden_dim), *standardise, nn.GELU()]
+
         layers: list[nn.Module] = []
         if nlayers == 1:
             layers.append(nn.Linear(in_dim, bottleneck_dim))
         else:
-            layers += [nn.Linear(in_dim, hidden_dim), *hidden]
+            layers += hidden(in_dim)
             for _ in range(nlayers - 2):
-                layers += [nn.Linear(hidden_dim, hidden_dim), *hidden]
+                layers += hidden(hidden_dim)
             layers.append(nn.Linear(hidden_dim, bottleneck_dim))
         self.mlp = nn.Sequential(*layers)
         for module in self.mlp:

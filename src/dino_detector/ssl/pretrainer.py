@@ -208,7 +208,7 @@ class Pretrainer:
             # about 1/sqrt(D) when spread out)
             spread = torch.nn.functional.normalize(s_emb.detach(), dim=-1).std(0).mean()
             # entropy of the DINO targets: ln K when the teacher says nothing (uniform), the collapse to watch
-            entropy = -(t_probs * t_probs.clamp_min(1e-12).log()).sum(-1).mean()
+            entropy = torch.special.entr(t_probs).sum(-1).mean()
         out = {k: float(v.detach()) for k, v in terms.items()}
         out.update(loss=float(loss.detach()), embedding_std=float(spread), target_entropy=float(entropy), **values)
         return out
