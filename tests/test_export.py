@@ -94,3 +94,12 @@ def test_tensor_batch_equals_list_of_the_same_images():
         batched, listed = model(images), model(list(images))
     for key in ("pred_logits", "pred_boxes"):
         torch.testing.assert_close(batched[key], listed[key], atol=1e-5, rtol=0)
+
+
+def test_flexible_encoder_with_stem_level_exports(tmp_path):
+    """--fine_level stem: the stem map travels through the dynamic graph (sizes, batches) as in PyTorch."""
+    model = build_small_detector(2, dino_model="flexible-tiny", num_feature_levels=3, fine_level="stem")
+    perturb_head_(model)
+    path = tmp_path / "stem.onnx"
+    assert export_onnx(model, path, dynamic=True)["max_abs_diff"] < 1e-4
+    outputs_match(model, path, post=False)

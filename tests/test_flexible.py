@@ -68,3 +68,38 @@ def test_lora_and_layer_decay_find_the_flexible_blocks():
     names = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
     assert {n.split(".encoder.layer.")[1].split(".")[0] for n in names} == {"4", "5"}
+
+
+def test_stem_level_is_the_encoders_own_stride_8_map():
+    from dino_detector.backbones.vit import ViTBackbone, imagenet_normalise
+
+    torch.manual_seed(0)
+    backbone = ViTBackbone("flexible-tiny", stem_level=True).eval()
+    image = torch.rand(3, 70, 90)  # padded to 80 x 96: a 5 x 6 grid, a 10 x 12 stem map
+    with torch.no_grad():
+        feats = backbone([image])
+        padded = torch.nn.functional.pad(imagenet_normalise(image), (0, 6, 0, 10))
+        expected = backbone.vit.maps(padded[None])[8]
+    assert feats.stem.shape == (1, 96, 10, 12) and feats.tensor.shape[-2:] == (5, 6)
+    assert torch.allclose(feats.stem, expected, atol=1e-6)
+    assert ViTBackbone("flexible-tiny").stem_channels == 0  # the default: no stem map
+    with pytest.raises(ValueError, match="flexible encoder"):
+        ViTBackbone("tiny", stem_level=True)
+
+
+def test_detector_with_the_stem_level_is_independent_of_batch_padding():
+    model = build_small_detector(num_classes=3, dino_model="flexible-tiny", num_feature_levels=4,
+                                 fine_level="stem")
+    assert "stem" in model.pyramid.blocks and "up2" not in model.pyramid.blocks
+    model.eval()
+    small, large = torch.rand(3, 70, 90), torch.rand(3, 130, 150)
+    with torch.no_grad():
+        alone, batched, as_tensor = model([small]), model([small, large]), model(small[None])
+    assert torch.allclose(alone["pred_logits"][0], batched["pred_logits"][0], atol=1e-4)
+    assert torch.allclose(alone["pred_boxes"][0], batched["pred_boxes"][0], atol=1e-4)
+    assert torch.allclose(alone["pred_boxes"], as_tensor["pred_boxes"], atol=1e-4)  # the export path agrees
+
+
+def test_stem_level_needs_the_x2_pyramid_level():
+    with pytest.raises(ValueError, match="num_feature_levels >= 3"):
+        build_small_detector(num_classes=2, dino_model="flexible-tiny", num_feature_levels=2, fine_level="stem")

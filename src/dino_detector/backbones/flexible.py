@@ -4,7 +4,8 @@
 The stem gives the transformer local, translation-equivariant features (cheaper than a large patch
 projection and easier to pretrain on small data); the ViT blocks add global context. Positions are a 2D
 sine-cosine encoding computed for the actual grid, so there is no learned table to interpolate and nothing
-ties the encoder to a training resolution. ``maps()`` returns the stride 8, 16 and 32 maps.
+ties the encoder to a training resolution. ``maps()`` returns the stride 8, 16 and 32 maps; the detector
+can take its finest pyramid level from the stem's stride-8 map (``--fine_level stem``).
 
 It speaks the ``transformers`` ViT interface the rest of the package uses for DINOv2 / DINOv3
 (``forward(pixel_values, bool_masked_pos, output_hidden_states)`` -> ``last_hidden_state`` with a CLS
@@ -106,8 +107,11 @@ class Embeddings(nn.Module):
 
 @dataclass
 class EncoderOutput:
+    """last_hidden_state [B, 1 + h*w, D]; hidden_states the embedding output and every block's (when asked);
+    stem_map [B, c, H/8, W/8], the convolutional stem's stride-8 map (the detector's finest level)."""
     last_hidden_state: torch.Tensor
     hidden_states: tuple | None = None
+    stem_map: torch.Tensor | None = None
 
 
 class FlexibleEncoder(nn.Module):
@@ -120,6 +124,7 @@ class FlexibleEncoder(nn.Module):
         self.config = SimpleNamespace(hidden_size=dim, num_hidden_layers=depth, num_attention_heads=heads,
                                       patch_size=PATCH, num_register_tokens=0, model_type="flexible")
         self.embeddings = Embeddings(dim, c1, c2)
+        self.stem_channels = c2
         self.encoder = nn.Module()
         self.encoder.layer = nn.ModuleList(Block(dim, heads) for _ in range(depth))
         self.layernorm = nn.LayerNorm(dim, eps=1e-6)
@@ -134,12 +139,12 @@ class FlexibleEncoder(nn.Module):
     def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None,
                 output_hidden_states: bool = False) -> EncoderOutput:
         """pixel_values [B, 3, H, W], H and W multiples of 16 (ViTBackbone pads); bool_masked_pos [B, h*w]."""
-        x, _, _ = self.embeddings(pixel_values, bool_masked_pos)
+        x, stem_map, _ = self.embeddings(pixel_values, bool_masked_pos)
         states = [x]
         for block in self.encoder.layer:
             x = block(x)
             states.append(x)
-        return EncoderOutput(self.layernorm(x), tuple(states) if output_hidden_states else None)
+        return EncoderOutput(self.layernorm(x), tuple(states) if output_hidden_states else None, stem_map)
 
     def maps(self, pixel_values: torch.Tensor) -> dict[int, torch.Tensor]:
         """{8: [B, c, H/8, W/8], 16: [B, D, H/16, W/16], 32: [B, D, H/32, W/32]} for any H x W (padded up to

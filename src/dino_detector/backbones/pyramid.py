@@ -1,7 +1,9 @@
 """Simple feature pyramid (ViTDet): multi-scale maps from the ViT's single stride-p map.
 
 Scales relative to the patch stride p: 2 (transposed conv), 1 (projection only), 1/2 and 1/4 (stride-2
-convolutions). With p = 16 that is strides 8, 16, 32, 64; with p = 14 strides 7, 14, 28, 56.
+convolutions). With p = 16 that is strides 8, 16, 32, 64; with p = 14 strides 7, 14, 28, 56. Given a stem map
+(``stem_dim`` > 0: the flexible encoder's own stride-8 map), the x2 level projects it instead of upsampling
+the ViT map: real stride-8 detail for small objects, where the transposed conv only interpolates.
 
 Padding never changes an image's features: padded cells are zeroed before every spatial operation, and
 the kernels (2x2, stride 2, no overlap) see exactly the same values whether the image is alone or padded
@@ -41,14 +43,19 @@ def _pad_even(x: torch.Tensor) -> torch.Tensor:
 
 
 class SimpleFeaturePyramid(nn.Module):
-    def __init__(self, in_dim: int, dim: int, num_levels: int):
+    def __init__(self, in_dim: int, dim: int, num_levels: int, stem_dim: int = 0):
         super().__init__()
         if not 1 <= num_levels <= len(SCALES):
             raise ValueError(f"num_feature_levels must be 1..{len(SCALES)}, got {num_levels}")
         self.scales = sorted(SCALES[:num_levels], reverse=True)  # finest first
+        if stem_dim and 2.0 not in self.scales:
+            raise ValueError(f"fine_level 'stem' feeds the x2 (stride-8) level, which needs num_feature_levels >= "
+                             f"{SCALES.index(2.0) + 1}, got {num_levels}")
         blocks = {}
         for s in self.scales:
-            if s == 2.0:
+            if s == 2.0 and stem_dim:
+                blocks["stem"] = nn.Sequential(nn.Conv2d(stem_dim, dim, 1), CellNorm(dim))
+            elif s == 2.0:
                 blocks["up2"] = nn.Sequential(nn.ConvTranspose2d(in_dim, in_dim // 2, 2, stride=2), nn.GELU(),
                                               nn.Conv2d(in_dim // 2, dim, 1), CellNorm(dim))
             elif s == 1.0:
@@ -60,13 +67,16 @@ class SimpleFeaturePyramid(nn.Module):
         self.blocks = nn.ModuleDict(blocks)
 
     def forward(self, fmap: torch.Tensor, mask: torch.Tensor, grid_sizes: torch.Tensor,
-                image_cells: torch.Tensor) -> list[Level]:
+                image_cells: torch.Tensor, stem: torch.Tensor | None = None) -> list[Level]:
         """fmap [B, C, H, W] (zero on padding); grid_sizes [B, 2] valid cells (h, w) per image;
-        image_cells [B, 2] the image extent in cells (h / p, w / p), fractional."""
+        image_cells [B, 2] the image extent in cells (h / p, w / p), fractional; stem [B, c, 2H, 2W], the
+        stem map (needed when built with ``stem_dim``)."""
         x = fmap.masked_fill(mask[:, None], 0.0)
         out: dict[float, Level] = {}
         for s in self.scales:
-            if s == 2.0:
+            if s == 2.0 and "stem" in self.blocks:
+                t, grid = self.blocks["stem"](stem), grid_sizes * 2  # 1x1: padded cells are zeroed by _level
+            elif s == 2.0:
                 t, grid = self.blocks["up2"](x), grid_sizes * 2
             elif s == 1.0:
                 t, grid = self.blocks["same"](x), grid_sizes

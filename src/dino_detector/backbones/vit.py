@@ -115,10 +115,11 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
 @dataclass
 class FeatureMap:
     """Backbone output. tensor [B, C, Hf, Wf]; mask [B, Hf, Wf] True on padding; image_sizes [B, 2] (h, w)
-    pixels, float."""
+    pixels, float; stem [B, c, 2 Hf, 2 Wf], the flexible encoder's stride-8 stem map (``stem_level``), or None."""
     tensor: torch.Tensor
     mask: torch.Tensor
     image_sizes: torch.Tensor
+    stem: torch.Tensor | None = None
 
 
 class ViTBackbone(nn.Module):
@@ -129,12 +130,13 @@ class ViTBackbone(nn.Module):
 
     def __init__(self, name: str = "tiny", *, pretrained: bool = False, feature_layers: int = 1,
                  weights_file: str = "", windows: int = 0, global_blocks: int = 4, patch_size: int = 0,
-                 arch: str = ""):
+                 arch: str = "", stem_level: bool = False):
         """Where the weights come from is resolve.py's ``weights_source`` rule: ``weights_file`` (an official
         DINOv2 checkpoint loaded into the ``name`` architecture, offline) wins over ``pretrained``.
         ``windows`` > 0: windowed attention on a windows x windows grid of tiles in all but ``global_blocks``
         blocks (``windowed.py``). ``patch_size`` > 0: that patch size for a randomly initialised ViT.
-        ``arch``: an encoder file's architecture, for rebuilding it without the file."""
+        ``arch``: an encoder file's architecture, for rebuilding it without the file. ``stem_level``: also
+        return the flexible encoder's stride-8 stem map (``FeatureMap.stem``)."""
         from .resolve import weights_source
 
         super().__init__()
@@ -156,6 +158,10 @@ class ViTBackbone(nn.Module):
         self.windowed = WindowedRunner(self.vit, windows, global_blocks) if windows else None
         # the padded patch grid must split into whole tiles
         self.grid_multiple = windows if windows else 1
+        if stem_level and (windows or not hasattr(self.vit, "stem_channels")):
+            raise ValueError(f"fine_level 'stem' needs a flexible encoder (flexible-* or its encoder file) with "
+                             f"full attention; {name} has no convolutional stem: use fine_level 'upsample'")
+        self.stem_channels = self.vit.stem_channels if stem_level else 0  # 0: no stem map is returned
 
     def block_prefix(self) -> str:
         """Module path of the transformer blocks (differs between DINOv2 and DINOv3)."""
@@ -166,23 +172,29 @@ class ViTBackbone(nn.Module):
         image = imagenet_normalise(image)
         return nn.functional.pad(image, (0, width - image.shape[-1], 0, height - image.shape[-2]))
 
-    def _tokens(self, batch: torch.Tensor) -> torch.Tensor:
-        """Patch tokens [N, h*w, num_channels] (prefix and register tokens dropped)."""
+    def _tokens(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Patch tokens [N, h*w, num_channels] (prefix and register tokens dropped), and the stem map
+        [N, c, 2h, 2w] when ``stem_level`` (else None)."""
         norm = self.vit.norm if hasattr(self.vit, "norm") else self.vit.layernorm  # DINOv3 / DINOv2 name
+        stem = None
         if self.windowed is not None:
             states = self.windowed(self.vit, batch, self.patch_size, self.num_prefix_tokens, self.layer_ids)
             tokens = torch.cat([norm(state) for state in states], -1)
-        elif len(self.layer_ids) == 1:
-            tokens = self.vit(pixel_values=batch).last_hidden_state
         else:
-            states = self.vit(pixel_values=batch, output_hidden_states=True).hidden_states
-            tokens = torch.cat([norm(states[k]) for k in self.layer_ids], -1)
-        return tokens[:, self.num_prefix_tokens:]
+            out = self.vit(pixel_values=batch, output_hidden_states=len(self.layer_ids) > 1)
+            if len(self.layer_ids) == 1:
+                tokens = out.last_hidden_state
+            else:
+                tokens = torch.cat([norm(out.hidden_states[k]) for k in self.layer_ids], -1)
+            stem = out.stem_map if self.stem_channels else None
+        return tokens[:, self.num_prefix_tokens:], stem
 
-    def _feature_map(self, padded: torch.Tensor) -> torch.Tensor:
-        """[N, 3, gh * p, gw * p] normalised, padded images -> patch features [N, num_channels, gh, gw]."""
+    def _feature_map(self, padded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[N, 3, gh * p, gw * p] normalised, padded images -> patch features [N, num_channels, gh, gw] and the
+        stem map [N, c, 2 gh, 2 gw] (or None)."""
         gh, gw = padded.shape[-2] // self.patch_size, padded.shape[-1] // self.patch_size
-        return self._tokens(padded).transpose(1, 2).reshape(padded.shape[0], self.num_channels, gh, gw)
+        tokens, stem = self._tokens(padded)
+        return tokens.transpose(1, 2).reshape(padded.shape[0], self.num_channels, gh, gw), stem
 
     def forward(self, images: list[torch.Tensor] | torch.Tensor) -> FeatureMap:
         """images: list of [3, h_i, w_i] float tensors in [0, 1] (any sizes), or one [B, 3, H, W] batch of
@@ -191,16 +203,17 @@ class ViTBackbone(nn.Module):
         if isinstance(images, torch.Tensor):
             b, _, h, w = images.shape
             gh, gw = (h + p - 1) // p, (w + p - 1) // p
-            fmap = self._feature_map(self._normalise_and_pad(images, (gh + m - 1) // m * m * p,
-                                                             (gw + m - 1) // m * m * p))
+            fmap, stem = self._feature_map(self._normalise_and_pad(images, (gh + m - 1) // m * m * p,
+                                                                   (gw + m - 1) // m * m * p))
             mask = torch.ones(b, *fmap.shape[-2:], dtype=torch.bool, device=images.device)
             mask[:, :gh, :gw] = False  # tiles of windowed attention may add padding cells
             sizes = torch.stack([torch.full((b,), h), torch.full((b,), w)], 1).to(fmap)
-            return FeatureMap(fmap, mask, sizes)
+            return FeatureMap(fmap, mask, sizes, stem)
         grids = [(-(-im.shape[-2] // p), -(-im.shape[-1] // p)) for im in images]
         padded = {g: (-(-g[0] // m) * m, -(-g[1] // m) * m) for g in grids}
         hf, wf = max(g[0] for g in padded.values()), max(g[1] for g in padded.values())
         out = images[0].new_zeros(len(images), self.num_channels, hf, wf)
+        stems = images[0].new_zeros(len(images), self.stem_channels, 2 * hf, 2 * wf) if self.stem_channels else None
         mask = torch.ones(len(images), hf, wf, dtype=torch.bool, device=images[0].device)
         # Images with the same patch grid share one ViT call (each padded on its own to that grid, exactly
         # as if alone); images of different grids never attend to each other's padding.
@@ -209,8 +222,11 @@ class ViTBackbone(nn.Module):
             groups.setdefault(g, []).append(i)
         for (gh, gw), idx in groups.items():
             ph, pw = padded[(gh, gw)]
-            fmap = self._feature_map(torch.stack([self._normalise_and_pad(images[i], ph * p, pw * p) for i in idx]))
+            fmap, stem = self._feature_map(torch.stack([self._normalise_and_pad(images[i], ph * p, pw * p)
+                                                        for i in idx]))
             out[idx, :, :ph, :pw] = fmap.to(out.dtype)
+            if stems is not None:
+                stems[idx, :, :2 * ph, :2 * pw] = stem.to(out.dtype)
             mask[idx, :gh, :gw] = False
         sizes = torch.tensor([tuple(im.shape[-2:]) for im in images], dtype=out.dtype, device=out.device)
-        return FeatureMap(out, mask, sizes)
+        return FeatureMap(out, mask, sizes, stems)

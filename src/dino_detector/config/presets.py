@@ -32,8 +32,8 @@ PRESETS: dict[str, dict] = {
         "unfreeze_lr": 1e-5, "lr_backbone": 1e-5, "lr_drop_factor": 1.0,
     },
     # the two-stage encoder-detection model on our flexible encoder (random, or pretrained with
-    # `dino_detector.pretrain` and passed as `--dino_model encoder_final.pth`): a 4-level pyramid (stride 8
-    # from the convolutional stem, 16, 32, 64), one deformable encoder layer, two-stage query selection, a
+    # `dino_detector.pretrain` and passed as `--dino_model encoder_final.pth`): a 4-level pyramid (strides 8
+    # upsampled, 16, 32, 64), one deformable encoder layer, two-stage query selection, a
     # 128-wide decoder and 100 denoising queries in training. The best CPU recipe of issue 9 (BCCD AP 0.35
     # after 12 CPU minutes, YOLOv8n 0.28) with its batch 8, 384 px and lr 5e-4.
     "two-stage": {

@@ -41,6 +41,8 @@ class ModelConfig(Settings):
     num_queries: int = 100  # object queries: the most objects one image can yield
     num_feature_levels: int = 1  # 1: the ViT map alone; 2-4 add a simple feature pyramid (x1/2, x2, x1/4)
     encoder_layers: int = 1  # transformer encoder layers over the backbone features
+    # the x2 (stride-8) pyramid level: the patch map upsampled (ViTDet), or a flexible encoder's own stem map
+    fine_level: Literal["upsample", "stem"] = "upsample"
     encode_upsampled_level: bool = False  # encode the x2 pyramid level too (costly); off: it is only attended to
     decoder_layers: int = 6  # transformer decoder layers (each refines the boxes)
     num_heads: int = 8  # attention heads in the encoder and decoder

@@ -98,12 +98,13 @@ class ObjectDetector(nn.Module):
         self.backbone = ViTBackbone(cfg.dino_model, pretrained=cfg.pretrained, feature_layers=cfg.backbone_feature_layers,
                                     weights_file=cfg.dino_weights, windows=windows,
                                     global_blocks=cfg.backbone_global_blocks, patch_size=cfg.backbone_patch_size,
-                                    arch=cfg.backbone_arch)
+                                    arch=cfg.backbone_arch, stem_level=cfg.fine_level == "stem")
         apply_backbone_mode(self.backbone, mode=cfg.backbone_mode, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
                             dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules,
                             last_n_blocks=cfg.lora_last_n_blocks)
         d = cfg.hidden_dim
-        self.pyramid = SimpleFeaturePyramid(self.backbone.num_channels, d, cfg.num_feature_levels)
+        self.pyramid = SimpleFeaturePyramid(self.backbone.num_channels, d, cfg.num_feature_levels,
+                                            stem_dim=self.backbone.stem_channels)
         self.level_embed = nn.Parameter(torch.randn(cfg.num_feature_levels, d) * 0.02)
         layer = dict(dim=d, heads=cfg.num_heads, ffn=cfg.dim_feedforward, dropout=cfg.dropout, attention=cfg.attention,
                      levels=cfg.num_feature_levels, points=cfg.num_points)
@@ -246,7 +247,7 @@ class ObjectDetector(nn.Module):
         p = self.backbone.patch_size
         sizes = feats.image_sizes
         grid_sizes = torch.ceil(sizes / p).long()
-        levels = self.pyramid(feats.tensor, feats.mask, grid_sizes, sizes / p)
+        levels = self.pyramid(feats.tensor, feats.mask, grid_sizes, sizes / p, feats.stem)
         src, pos, ref_points = [], [], []
         for i, lvl in enumerate(levels):
             shape = tuple(lvl.tensor.shape[-2:])
