@@ -74,10 +74,9 @@ class SimpleFeaturePyramid(nn.Module):
         x = fmap.masked_fill(mask[:, None], 0.0)
         out: dict[float, Level] = {}
         for s in self.scales:
-            if s == 2.0 and "stem" in self.blocks:
-                t, grid = self.blocks["stem"](stem), grid_sizes * 2  # 1x1: padded cells are zeroed by _level
-            elif s == 2.0:
-                t, grid = self.blocks["up2"](x), grid_sizes * 2
+            if s == 2.0:  # the stem map (1x1: its padded cells are zeroed by _level), or the patch map upsampled
+                t = self.blocks["stem"](stem) if "stem" in self.blocks else self.blocks["up2"](x)
+                grid = grid_sizes * 2
             elif s == 1.0:
                 t, grid = self.blocks["same"](x), grid_sizes
             elif s == 0.5:

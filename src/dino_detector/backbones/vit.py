@@ -158,7 +158,9 @@ class ViTBackbone(nn.Module):
         self.windowed = WindowedRunner(self.vit, windows, global_blocks) if windows else None
         # the padded patch grid must split into whole tiles
         self.grid_multiple = windows if windows else 1
-        if stem_level and (windows or not hasattr(self.vit, "stem_channels")):
+        from .flexible import FlexibleEncoder
+
+        if stem_level and (windows or not isinstance(self.vit, FlexibleEncoder)):
             raise ValueError(f"fine_level 'stem' needs a flexible encoder (flexible-* or its encoder file) with "
                              f"full attention; {name} has no convolutional stem: use fine_level 'upsample'")
         self.stem_channels = self.vit.stem_channels if stem_level else 0  # 0: no stem map is returned
