@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from dino_detector.data.synthetic import generate_shapes
-from dino_detector.engine.inference import predict_files, prepare_model
+from dino_detector.deploy.backends import TorchBackend
+from dino_detector.deploy.files import predict_files
 from dino_detector.models.detector import ObjectDetector
 from dino_detector.runtime.checkpoint import load_checkpoint
 from dino_detector.train import main as train_main
@@ -87,8 +88,8 @@ def test_predict_and_onnx_export_use_the_deployable_weights(ema_run, shapes, tmp
     predicted = json.loads((tmp_path / "predictions.json").read_text())
 
     def direct(path: Path, weights: str):
-        model = prepare_model(ObjectDetector.from_checkpoint(path, weights=weights), torch.device("cpu"))
-        run = predict_files(model, images, torch.device("cpu"), threshold=0.0, progress=False)
+        backend = TorchBackend(ObjectDetector.from_checkpoint(path, weights=weights), torch.device("cpu"))
+        run = predict_files(backend, images, threshold=0.0, progress=False)
         return [(round(s, 5), [round(v, 2) for v in (b[0], b[1], b[2] - b[0], b[3] - b[1])])
                 for p in run.predictions for s, b in zip(p.scores, p.boxes)]
     got = [(p["score"], p["bbox"]) for p in predicted]

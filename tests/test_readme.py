@@ -33,6 +33,11 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     with torch.no_grad():
         assert torch.allclose(model(x)["pred_boxes"], again(x)["pred_boxes"], atol=1e-6)
     assert "torch.Size([2, 20, 3])" in capsys.readouterr().out
+    deployed = namespace["deployed_dets"]  # open_detector: onnxruntime, the same Prediction fields
+    assert deployed["boxes"].shape[1] == 4 and len(deployed["scores"]) == len(deployed["label_names"]) > 0
+    image = torch.rand(3, 120, 160)
+    want, got = again.predict(image, threshold=0.0), namespace["deployed"].predict(image, threshold=0.0)
+    torch.testing.assert_close(got["scores"], want["scores"], atol=1e-4, rtol=0)
 
 
 def help_flags(main, capsys) -> set[str]:

@@ -5,10 +5,12 @@ The detector class is imported on first use, so that the command line answers ``
 bad flag without loading torch."""
 from .config import Config, build_config
 
-__all__ = ["Config", "DINOv2ObjectDetector", "FitResult", "ObjectDetector", "Prediction", "build_config", "fit"]
+__all__ = ["Config", "DINOv2ObjectDetector", "DeployedDetector", "FitResult", "ObjectDetector", "Prediction",
+           "build_config", "fit", "open_detector"]
 __version__ = "0.1.0"
 LAZY = {"DINOv2ObjectDetector": "models.detector", "ObjectDetector": "models.detector",
-        "Prediction": "models.prediction", "fit": "api", "FitResult": "api"}
+        "Prediction": "models.prediction", "fit": "api", "FitResult": "api",
+        "open_detector": "deploy.detector", "DeployedDetector": "deploy.detector"}
 
 
 def __getattr__(name: str):

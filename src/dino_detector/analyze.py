@@ -39,6 +39,13 @@ class AnalyzeSettings(Settings):
     data_format: Literal["auto", "coco", "voc", "yolo", "hf"] = "auto"  # annotation format; auto: told apart by the path
     batch_size: int = 4  # --run_eval: images per model call
     device: Literal["auto", "cpu", "cuda"] = "auto"  # --run_eval: where to run; auto: CUDA when available
+    backend: Literal["torch", "onnxruntime", "openvino"] = "torch"  # --run_eval: as predict --backend
+    int8: bool = False  # --run_eval: the INT8 graph of --backend (as predict --int8)
+    calibration_images: Optional[str] = None  # --run_eval --int8: the quantisation's images, the first time
+    slice: int = 0  # --run_eval: sliced inference with tiles of this many pixels (as predict --slice)
+    slice_overlap: float = 0.2  # --slice: fraction of a tile side that neighbouring tiles share
+    slice_merge: Literal["nms", "nmm"] = "nms"  # --slice: merge by non-maximum suppression or merging
+    slice_match: Literal["iou", "ios"] = "iou"  # --slice: overlap of two boxes: IoU, or intersection over the smaller one
     score_threshold: float = 0.5  # score cut-off of precision / recall / F1 and the confusion matrix
     compare: Optional[list[str]] = None  # COCO results files to compare on --annotations
     labels: Optional[list[str]] = None  # a name per --compare file (default: the file names)
@@ -64,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             report = _files(args)
     except UsageError as err:
         _usage(str(err))
-    except (FileNotFoundError, ValueError, ImageReadError, PretrainedUnavailableError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError, ImageReadError, PretrainedUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     md, htm = report.write()
@@ -152,9 +159,15 @@ def _run_eval(args):
     if not (args.model_path and annotations):
         raise UsageError("--run_eval needs --model_path and --val_annotations (and --val_images for COCO JSON), "
                          "or --data with the dataset's folder")
+    from .deploy.slicing import SliceSettings
+    if args.slice < 0:
+        raise ValueError(f"slice must be 0 (off) or a tile size in pixels, got {args.slice}")
+    slicing = SliceSettings(args.slice, args.slice_overlap, args.slice_merge, match=args.slice_match) \
+        if args.slice else None
     ev = evaluate_model(args.model_path, images=images, annotations=annotations, data_format=args.data_format,
                         score_threshold=args.score_threshold, batch_size=args.batch_size, device=args.device,
-                        weights=args.weights)
+                        weights=args.weights, backend=args.backend, int8=args.int8,
+                        calibration_images=args.calibration_images, slicing=slicing)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "val_metrics.json").write_text(json.dumps(ev.metrics, indent=2))

@@ -1,4 +1,4 @@
-"""``python -m dino_detector.predict``: run a trained detector on images or folders (recursively).
+"""``python -m dino_detector.predict``: run a trained detector on images or folders (recursively), or on a video.
 
 Writes into --output_dir: predictions.json (a COCO results list; every entry also names its file_name and
 category_name), images.json (the COCO "images" + "categories" the ids refer to, so that
@@ -25,7 +25,16 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PredictSettings(Settings):
     checkpoint: str  # dino_detector_*.pth checkpoint (dino_detector_best.pth: the run's best) or save_pretrained folder
-    images: list[str]  # image files and / or folders (searched recursively)
+    images: Optional[list[str]] = None  # image files and / or folders (searched recursively)
+    video: Optional[str] = None  # a video file instead of --images: annotated video + detections per frame (JSON lines)
+    backend: Literal["torch", "onnxruntime", "openvino"] = "torch"  # torch: eager PyTorch; else the exported graph on the CPU
+    int8: bool = False  # onnxruntime / openvino: the INT8 graph (quantised on --calibration_images the first time)
+    calibration_images: Optional[str] = None  # --int8: a folder of your own images for the quantisation ranges
+    int8_method: Literal["qdq", "nncf"] = "qdq"  # --int8: onnxruntime's static quantisation (either backend) or NNCF (openvino)
+    slice: int = 0  # >0: sliced inference, tiles of this many pixels (and the whole image), boxes merged per class
+    slice_overlap: float = 0.2  # --slice: fraction of a tile side that neighbouring tiles share
+    slice_merge: Literal["nms", "nmm"] = "nms"  # --slice: merge by non-maximum suppression or merging
+    slice_match: Literal["iou", "ios"] = "iou"  # --slice: overlap of two boxes: IoU, or intersection over the smaller one
     weights: Literal["auto", "raw", "ema"] = "auto"  # a checkpoint's weights; auto: the deployable ones (EMA if kept)
     output_dir: str = "outputs/predict"  # folder for predictions.json, images.json and drawn/
     threshold: float = 0.5  # keep detections scoring above this
@@ -47,20 +56,42 @@ def main(argv: list[str] | None = None) -> int:
     from .data.images import ImageReadError
     try:
         return run(args)
-    except (FileNotFoundError, ValueError, ImageReadError, PretrainedUnavailableError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError, ImageReadError, PretrainedUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
 
-def run(args: PredictSettings) -> int:
-    from .data.images import folder_image_id, scan_images, shown
-    from .engine.inference import predict_files, prepare_model
-    from .models.detector import ObjectDetector, check_prediction_settings
-    from .runtime.device import resolve_device, resolve_num_workers
+def open_settings_backend(args):
+    """(backend, slice settings or None) of the predict settings; ValueErrors name the flag."""
+    from .deploy.loader import open_backend
+    from .deploy.slicing import SliceSettings
+    from .models.detector import check_prediction_settings
 
     check_prediction_settings(args.threshold, args.top_k)
     if args.batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {args.batch_size}")
+    if args.compile and args.backend != "torch":
+        raise ValueError(f"--compile applies to the torch backend; the {args.backend} graph is optimised by its runtime")
+    if args.slice < 0:
+        raise ValueError(f"slice must be 0 (off) or a tile size in pixels, got {args.slice}")
+    slicing = SliceSettings(args.slice, args.slice_overlap, args.slice_merge, match=args.slice_match,
+                            batch_size=args.batch_size) \
+        if args.slice else None
+    backend = open_backend(args.checkpoint, args.backend, weights=args.weights, device=args.device, int8=args.int8,
+                           calibration_images=args.calibration_images, top_k=args.top_k, compile_model=args.compile,
+                           int8_method=args.int8_method)
+    return backend, slicing
+
+
+def run(args: PredictSettings) -> int:
+    from .data.images import folder_image_id, scan_images, shown
+    from .deploy.files import predict_files
+    from .runtime.device import resolve_device, resolve_num_workers
+
+    if (args.images is None) == (args.video is None):
+        raise ValueError("give --images (files or folders) or --video FILE, one of the two")
+    if args.video is not None:
+        return _run_video(args)
     paths, unlisted = [], []
     for item in args.images:
         found, skipped = scan_images(item, recursive=True)
@@ -75,13 +106,13 @@ def run(args: PredictSettings) -> int:
         ids, paths = _ids_from_annotations(args.annotations, paths)
     if not paths:
         raise ValueError(f"no image files found in {' '.join(args.images)}")
+    backend, slicing = open_settings_backend(args)
     device = resolve_device(args.device)
-    model = prepare_model(ObjectDetector.from_pretrained(args.checkpoint, args.weights), device, args.compile)
-    run_ = predict_files(model, paths, device, batch_size=args.batch_size, threshold=args.threshold,
-                         top_k=args.top_k, num_workers=resolve_num_workers(args.num_workers, device))
+    run_ = predict_files(backend, paths, batch_size=args.batch_size, threshold=args.threshold, top_k=args.top_k,
+                         num_workers=resolve_num_workers(args.num_workers, device), slicing=slicing)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = dict(zip(model.category_ids, model.class_names))
+    names = dict(zip(backend.category_ids, backend.class_names))
     results, images = [], []
     for pred in run_.predictions:
         image_id = ids[pred.path]
@@ -100,8 +131,30 @@ def run(args: PredictSettings) -> int:
     print(f"{len(run_.predictions)} images, {len(results)} detections above {args.threshold}; "
           f"{len(skipped)} unreadable file(s) skipped" + "".join(f"\n  skipped {shown(p)}: {why}"
                                                                for p, why in skipped))
-    print(f"model time {run_.seconds:.1f} s: {run_.images_per_second:.2f} images/s on {device} "
-          f"(batch {args.batch_size}, {model.weights} weights) -> {shown(out / 'predictions.json')}")
+    where = "cpu" if args.backend != "torch" else device
+    print(f"model time {run_.seconds:.1f} s: {run_.images_per_second:.2f} images/s on {where} "
+          f"(batch {args.batch_size}, {backend.label}{', sliced' if slicing else ''}) -> "
+          f"{shown(out / 'predictions.json')}")
+    return 0
+
+
+def _run_video(args: PredictSettings) -> int:
+    from .analysis.plots import draw_detections
+    from .data.images import shown
+    from .deploy.video import predict_video
+
+    backend, slicing = open_settings_backend(args)
+    names = dict(zip(backend.category_ids, backend.class_names))
+
+    def annotate(image, det):
+        return draw_detections(image, det["boxes"].tolist(), det["category_ids"].tolist(), det["scores"].tolist(),
+                               names)
+
+    result = predict_video(backend, args.video, args.output_dir, threshold=args.threshold, top_k=args.top_k,
+                           batch_size=args.batch_size, slicing=slicing, annotate=annotate if args.draw else None)
+    print(f"{result.frames} frames, {result.detections} detections above {args.threshold}: "
+          f"{result.frames_per_second:.2f} frames/s overall, model {result.frames / max(result.model_seconds, 1e-9):.2f} "
+          f"frames/s ({backend.label}) -> " + ", ".join(shown(p) for p in (result.video, result.jsonl) if p))
     return 0
 
 

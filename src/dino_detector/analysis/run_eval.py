@@ -26,8 +26,12 @@ class Evaluation:
 
 def evaluate_model(model_path: str | Path, *, images: str | None, annotations: str, data_format: str = "auto",
                    score_threshold: float = 0.5, batch_size: int = 4, device: str = "auto",
-                   num_workers: int = -1, seed: int = 0, weights: str = "auto") -> Evaluation:
-    """Predict every image of the annotated set at the sizes the model was trained with, then score."""
+                   num_workers: int = -1, seed: int = 0, weights: str = "auto", backend: str = "torch",
+                   int8: bool = False, calibration_images: str | None = None, slicing=None,
+                   show_table: bool = True, int8_method: str = "qdq") -> Evaluation:
+    """Predict every image of the annotated set at the sizes the model was trained with, then score.
+    ``backend`` / ``int8`` / ``slicing`` (a ``deploy.slicing.SliceSettings``): predict through that
+    deployment path instead of the eager model (deploy/)."""
     from ..models.detector import ObjectDetector
 
     model = ObjectDetector.from_pretrained(model_path, weights)
@@ -38,11 +42,40 @@ def evaluate_model(model_path: str | Path, *, images: str | None, annotations: s
         raise ValueError(f"the annotations' category ids {dataset.category_ids} differ from the model's "
                          f"{model.category_ids} ({model_path}); evaluate on data with the training categories")
     run_device = resolve_device(device)
-    loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=run_device, shuffle=False,
-                         seed=seed)
     log.info("evaluating %s on %d images of %s", model_path, len(dataset), source.name)
-    results = predict_dataset(model.to(run_device), loader, run_device, model.category_ids)
+    if backend == "torch" and not int8 and slicing is None:
+        loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=run_device,
+                             shuffle=False, seed=seed)
+        results = predict_dataset(model.to(run_device), loader, run_device, model.category_ids)
+    else:
+        results = _deployed_results(model_path, dataset, backend=backend, weights=weights, device=device, int8=int8,
+                                    calibration_images=calibration_images, slicing=slicing, batch_size=batch_size,
+                                    int8_method=int8_method)
     metrics, table = score_results(dataset.coco, results, score_threshold, dataset.ids, pr_curves=True)
     metrics["weights"] = model.weights
-    print(table)
+    metrics["deployment"] = {"backend": backend, "int8": int8 and int8_method,
+                             "slicing": dataclasses.asdict(slicing) if slicing is not None else None}
+    if show_table:
+        print(table)
     return Evaluation(metrics, results, dataset)
+
+
+def _deployed_results(model_path, dataset: CocoDetection, *, backend: str, weights: str, device: str, int8: bool,
+                      calibration_images: str | None, slicing, batch_size: int, int8_method: str) -> list[dict]:
+    """The COCO results of ``dataset``'s images predicted through a deployment backend (as predict does)."""
+    from ..deploy.files import predict_files
+    from ..deploy.loader import open_backend
+
+    deployed = open_backend(model_path, backend, weights=weights, device=device, int8=int8,
+                            calibration_images=calibration_images, int8_method=int8_method)
+    ids = {dataset.image_path(k): image_id for k, image_id in enumerate(dataset.ids)}
+    run = predict_files(deployed, list(ids), batch_size=batch_size, threshold=0.0, slicing=slicing,
+                        progress=True)
+    if run.skipped:
+        raise ValueError(f"{len(run.skipped)} image(s) of the set could not be read, e.g. {run.skipped[0][0]}")
+    results = []
+    for pred in run.predictions:
+        for (x0, y0, x1, y1), score, cid in zip(pred.boxes, pred.scores, pred.category_ids):
+            results.append({"image_id": int(ids[pred.path]), "category_id": int(cid),
+                            "bbox": [round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)], "score": round(score, 5)})
+    return results

@@ -22,6 +22,7 @@ OPSET = 18
 MAX_SIDE = 4096  # upper bound of the dynamic height / width
 PROBE_SIZES = ((1, 224, 298), (3, 161, 107))  # (batch, height, width) checked after a dynamic export
 TOLERANCE = 1e-4
+QUIET_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
 
 
 class InferenceGraph(nn.Module):
@@ -88,9 +89,11 @@ def export_onnx(model: nn.Module, output: str | Path, dynamic: bool = True, post
             dynamic_shapes["orig_sizes"] = {0: batch}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    for name in QUIET_LOGGERS:  # the exporter's optimiser logs every folded constant at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
     with torch.no_grad():
         torch.onnx.export(graph, example, str(output), dynamo=True, opset_version=OPSET, input_names=inputs,
-                          output_names=outputs, dynamic_shapes=dynamic_shapes, external_data=False)
+                          output_names=outputs, dynamic_shapes=dynamic_shapes, external_data=False, verbose=False)
     probes = PROBE_SIZES if dynamic else ((2, *example_size),)
     diff = max(compare_with_onnxruntime(graph, output, graph.example(*size, seed=i + 1))
                for i, size in enumerate(probes))

@@ -39,7 +39,11 @@ class ProposalSelector(nn.Module):
         feats = self.project(memory.masked_fill(invalid[..., None], 0.0))
         logits = self.class_head(feats)
         box_logits = self.box_head(feats) + inverse_sigmoid(proposals)
-        scores = class_probabilities(logits, self.softmax).max(-1).values.masked_fill(invalid, float("-inf"))
+        scores = class_probabilities(logits, self.softmax).max(-1).values
+        # invalid positions rank after every valid one (scores are 0..1), by position: a small image has more
+        # of them than queries, and equal scores would let torch and an exported graph's TopK pick different ones
+        position = torch.arange(scores.shape[1], device=scores.device, dtype=scores.dtype) / scores.shape[1]
+        scores = torch.where(invalid, -1.0 - position, scores)
         k = min(self.num_queries + extra, scores.shape[1])
         top = scores.topk(k, dim=1).indices
 
