@@ -190,6 +190,33 @@ def test_iou_aware_class_target_is_the_box_iou():
     assert float(logits.grad[0, 0, 1]) < 0  # the focal loss pulls towards 1 instead
 
 
+def test_matchability_aware_loss_values():
+    """DEIM's MAL, by hand: matched query (IoU 0.5 with its object, logit x) has target q = 0.5^1.5 and weight 1:
+    -(q log s(x) + (1 - q) log(1 - s(x))); an unmatched query (logit y) weighs s(y)^1.5: -s(y)^1.5 log(1 - s(y)).
+    The optimum of the matched score is q (not varifocal's 0.5), and its weight does not shrink with the IoU."""
+    import math
+
+    from dino_detector.config import LossConfig
+    from dino_detector.losses.criterion import build_criterion
+
+    criterion = build_criterion(2, LossConfig(iou_aware=True, iou_aware_loss="mal", mal_gamma=1.5))
+    target = {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.1], [0.1, 0.1, 0.05, 0.05]]])  # query 0: IoU 0.5 with the truth
+    indices = [(torch.tensor([0]), torch.tensor([0]))]
+    x, y = 0.3, -1.2
+    logits = torch.tensor([[[-30.0, x], [y, -30.0]]])  # the -30 entries contribute ~0
+    loss = float(criterion.loss_labels(logits, [target], indices, 1.0, boxes=boxes))
+    s = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    q = 0.5 ** 1.5
+    expected = -(q * math.log(s(x)) + (1 - q) * math.log(1 - s(x))) - s(y) ** 1.5 * math.log(1 - s(y))
+    assert loss == pytest.approx(expected, rel=1e-4)
+    optimum = torch.tensor([[[-30.0, math.log(q / (1 - q))], [-30.0, -30.0]]], requires_grad=True)
+    criterion.loss_labels(optimum, [target], indices, 1.0, boxes=boxes).backward()
+    assert abs(float(optimum.grad[0, 0, 1])) < 1e-5  # sigmoid(logit) = IoU^1.5: the optimum
+    with pytest.raises(ValueError, match="iou_aware_loss"):
+        build_criterion(2, LossConfig(iou_aware=True, iou_aware_loss="focal"))
+
+
 def test_one_to_many_applies_to_proposals_and_early_layers_but_not_the_last_two():
     """One object; query 0 predicts it exactly, queries 1 and 2 are 0.1 off in cx. One-to-one matching
     takes the exact query (box losses 0); one-to-many with k=3 also takes the two others, whose L1 is

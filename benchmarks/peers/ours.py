@@ -141,12 +141,13 @@ def parameters(variant: str) -> int:
     return sum(p.numel() for p in _model(variant)[0].parameters())
 
 
-def train_argv(variant: str, data: BccdData, minutes: float, out_dir: Path, seed: int = 42) -> list[str]:
+def train_argv(variant: str, data: BccdData, minutes: float, out_dir: Path, seed: int = 42,
+               extra: dict | None = None) -> list[str]:
     """The ``dino_detector.train`` command line of ``variant``'s accuracy run: its preset, its overrides and
-    the budget settings, on BCCD train, validated on val."""
+    the budget settings, on BCCD train, validated on val; ``extra``: settings over all of those."""
     v = VARIANTS[variant]
     settings = {**_COMMON, **v["overrides"], "eval_every": v.get("eval_every", 4), "seed": seed,
-                "time_budget_min": minutes, "device": "cpu", "output_dir": str(out_dir)}
+                "time_budget_min": minutes, "device": "cpu", "output_dir": str(out_dir), **(extra or {})}
     argv = ["--preset", v["preset"], "--no_pretrained",
             "--train_images", str(data.images), "--train_annotations", str(data.train_json),
             "--val_images", str(data.images), "--val_annotations", str(data.val_json)]
@@ -158,11 +159,12 @@ def train_argv(variant: str, data: BccdData, minutes: float, out_dir: Path, seed
     return argv
 
 
-def train_for_budget(variant: str, data: BccdData, minutes: float, out_dir: Path, seed: int = 42) -> BudgetRun:
+def train_for_budget(variant: str, data: BccdData, minutes: float, out_dir: Path, seed: int = 42,
+                     extra: dict | None = None) -> BudgetRun:
     """``python -m dino_detector.train`` on BCCD train for ``minutes`` of wall-clock, evaluated on val."""
     from dino_detector.train import main as train_main
 
-    argv = train_argv(variant, data, minutes, out_dir, seed)
+    argv = train_argv(variant, data, minutes, out_dir, seed, extra)
     started = time.time()
     if train_main(argv) != 0:
         raise RuntimeError(f"dino_detector.train failed for {variant}: {' '.join(argv)}")

@@ -150,7 +150,9 @@ def _curve(results_csv: Path) -> list[tuple[float, float, str]]:
     return [(float(r["time"]), float(r["metrics/mAP50-95(B)"]), "ultralytics") for r in rows]
 
 
-def train_for_budget(variant: str, data: BccdData, minutes: float, out_dir, seed: int) -> BudgetRun:
+def train_for_budget(variant: str, data: BccdData, minutes: float, out_dir, seed: int, val: bool = True) -> BudgetRun:
+    """Its own trainer for ``minutes`` (``val`` False: no per-epoch validation, so the whole budget trains;
+    it still validates after its last epoch)."""
     _patch()
     from ultralytics import YOLO
 
@@ -168,7 +170,7 @@ def train_for_budget(variant: str, data: BccdData, minutes: float, out_dir, seed
     model.add_callback("on_train_start", lambda trainer: counters.update(threads=torch.get_num_threads()))
     # epochs=100 is its default; with time= set it re-estimates epochs after the first one. workers is forced
     # to 0 on CPU by its trainer; val=True (default) gives the per-epoch curve.
-    model.train(data=str(yaml), imgsz=v["side"], batch=v["batch"], time=minutes / 60, epochs=100, device="cpu",
+    model.train(data=str(yaml), imgsz=v["side"], batch=v["batch"], time=minutes / 60, epochs=100, device="cpu", val=val,
                 workers=2, pretrained=False, plots=False, amp=False, seed=seed, project=str(out_dir),
                 name="yolo_run", exist_ok=True, verbose=False)
     run_dir = Path(model.trainer.save_dir)

@@ -94,6 +94,10 @@ class DataConfig(Settings):
     crop_prob: float = 0.0  # probability of a random crop before resizing
     crop_min_fraction: float = 0.5  # smallest crop side, as a fraction of the image side
     rotation_degrees: float = 0.0  # random rotation in [-d, d]; boxes re-fitted around the rotated corners
+    scale_jitter: float = 0.0  # j > 0: training sizes x U[1 - j, 1 + j] around the evaluation size (not with multi_scale)
+    mosaic_prob: float = 0.0  # probability that a training item is a mosaic of 4 images (YOLO / DEIM), boxes carried
+    mosaic_window: float = 0.5  # side of the window cut from the 2x canvas, as a fraction of it: 0.5 keeps object sizes and counts (YOLO), 1 halves sizes and packs 4 images' objects (DEIM)
+    strong_aug_off_fraction: float = 0.0  # last share of training (epochs or time budget) without mosaic, crop, rotation, scale changes
     num_workers: int = -1  # data-loading processes; -1: 0 on small CPU-only machines, else up to 8
     debug_samples: int = 32  # --debug: train (and validate) on this many training images
     use_coco_mini: bool = False  # a deterministic training subset (and a validation subset a fifth its size)
@@ -170,6 +174,8 @@ class LossConfig(Settings):
     smooth_l1_beta: float = 0.1  # smooth-L1 quadratic zone (boxes are in 0..1: 10 % of the image)
     iou_aware: bool = False  # sigmoid classifier: matched queries learn their box's IoU as the class target
     vfl_alpha: float = 0.75  # --iou_aware (varifocal loss): weight of the unmatched queries' p^gamma term
+    iou_aware_loss: Literal["varifocal", "mal"] = "varifocal"  # --iou_aware: varifocal, or DEIM's matchability-aware loss (target IoU^mal_gamma, positives weighted 1)
+    mal_gamma: float = 1.5  # --iou_aware_loss mal: exponent of the IoU target and of the unmatched queries' p^gamma weight
     # (the main queries stay one-to-one when the model has a hybrid branch; without one, the last two decoder
     # layers stay one-to-one and learn to keep one box per object)
     one_to_many: int = 1  # k > 1: each box is matched k times, in the hybrid_queries branch if any, else in early layers

@@ -211,15 +211,20 @@ def evaluation_dataset(src: Source, spec, image_ids: list[int] | None = None) ->
 class ResumableSampler(DistributedSampler):
     """A DistributedSampler whose next epoch can start after its first ``skip`` indices: a run resumed from a
     checkpoint written mid-epoch continues with the batches it had not trained on, without reading (and
-    augmenting) the ones it had. The skip applies to one epoch, then resets."""
+    augmenting) the ones it had. The skip applies to one epoch, then resets. With ``strong`` set (True /
+    False, by the trainer at each epoch) it yields ``(index, strong)``: the sampler runs in the main process,
+    so the augmentation schedule reaches worker processes with each index."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.skip = 0
+        self.strong: bool | None = None
 
     def __iter__(self):
         indices = list(super().__iter__())[self.skip:]
         self.skip = 0
+        if self.strong is not None:
+            return iter([(i, self.strong) for i in indices])
         return iter(indices)
 
     def __len__(self) -> int:

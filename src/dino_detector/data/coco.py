@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..config import DataConfig
 from .coco_form import DatasetError
 from .images import ImageReadError, image_problem, load_image, shown, to_tensor_image
+from .mosaic import MosaicPart, compose_mosaic
 from .transforms import DetectionTransform
 
 log = logging.getLogger(__name__)
@@ -249,10 +250,13 @@ class CocoDetection(Dataset):
     def image_path(self, index: int) -> Path:
         return self.images_dir / self.coco.imgs[self.ids[index]]["file_name"]
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int | tuple[int, bool]):
+        """``index``, or ``(index, strong)`` from the training sampler: ``strong`` False turns mosaic, crop,
+        rotation and size changes off (the end of training, ``strong_aug_off_fraction``)."""
+        index, strong = index if isinstance(index, tuple) else (index, True)
         for step in range(len(self)):
             try:
-                return self._item((index + step) % len(self))
+                return self._item((index + step) % len(self), strong)
             except ImageReadError as err:  # the message names the file
                 if not self.train:
                     raise  # evaluating a substitute would score the wrong image
@@ -260,12 +264,24 @@ class CocoDetection(Dataset):
                 log.warning("%s; training uses the next image instead", err)
         raise ValueError(f"{self.name}: none of its images could be decoded")
 
-    def _item(self, index: int):
+    def _part(self, index: int) -> MosaicPart:
+        """An image (untransformed) with its training boxes (xyxy pixels) and labels."""
         image = to_tensor_image(load_image(self.image_path(index)))
+        return MosaicPart(image, *self.targets[self.ids[index]])
+
+    def _item(self, index: int, strong: bool = True):
         image_id = self.ids[index]
-        boxes, labels = self.targets[image_id]
+        cfg = self.transform.cfg
+        if self.train and strong and cfg.mosaic_prob > 0 and torch.rand(()).item() < cfg.mosaic_prob:
+            others = torch.randint(len(self), (3,)).tolist()
+            part = compose_mosaic([self._part(i) for i in [index, *others]],
+                                  side=cfg.image_size if cfg.image_size > 0 else cfg.min_size,
+                                  zoom_range=(cfg.mosaic_window, cfg.mosaic_window))
+        else:
+            part = self._part(index)
+        image, labels = part.image, part.labels
         orig_size = tuple(image.shape[-2:])
-        image, boxes = self.transform(image, boxes)
+        image, boxes = self.transform(image, part.boxes, strong)
         h, w = image.shape[-2:]
         # flips / resizes can leave slivers: drop boxes that lost their area
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])

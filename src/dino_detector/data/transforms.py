@@ -4,7 +4,11 @@ Training augmentation, each switched by the config (``data`` section): random cr
 ``crop_min_fraction``..1 of the image), multi-scale resize (``multi_scale``: DETR's shorter sides 480..800
 step 32 as fractions of the evaluation size, so with ``--image_size`` they scale down with it), horizontal
 flip (``hflip_prob``; ``--no_flip`` turns it off), colour jitter, and small rotations (``rotation_degrees``)
-after which every box is re-fitted around its rotated corners and clipped to the image.
+after which every box is re-fitted around its rotated corners and clipped to the image; scale jitter
+(``scale_jitter`` j: the size times U[1 - j, 1 + j], a continuous alternative to ``multi_scale``). Mosaic
+composition happens a step before, in the dataset (mosaic.py). The strong part (crop, rotation, size changes:
+``strong=False`` turns it off for the end of training, ``strong_aug_off_fraction``) is told apart from the
+light part (flip, colour) that stays on to the end.
 """
 from __future__ import annotations
 
@@ -60,18 +64,16 @@ class DetectionTransform:
     draws use torch's generator, so a seeded run repeats exactly."""
 
     def __init__(self, cfg: DataConfig, train: bool):
-        if not 0 < cfg.crop_min_fraction <= 1:
-            raise ValueError(f"crop_min_fraction must be in (0, 1], got {cfg.crop_min_fraction}")
+        check_augmentation(cfg)
         self.cfg, self.train = cfg, train
-        augment = []
+        light = []
         if train and cfg.flip and cfg.hflip_prob > 0:
-            augment.append(v2.RandomHorizontalFlip(cfg.hflip_prob))
+            light.append(v2.RandomHorizontalFlip(cfg.hflip_prob))
         if train and cfg.color_jitter > 0:
             s = cfg.color_jitter
-            augment.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s))
-        if train and cfg.rotation_degrees > 0:
-            augment.append(v2.RandomRotation(cfg.rotation_degrees))
-        self.augment = v2.Compose(augment) if augment else None
+            light.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s))
+        self.light = v2.Compose(light) if light else None
+        self.rotate = v2.RandomRotation(cfg.rotation_degrees) if train and cfg.rotation_degrees > 0 else None
 
     def _crop(self, image: torch.Tensor, bxs: tv_tensors.BoundingBoxes):
         h, w = image.shape[-2:]
@@ -80,17 +82,47 @@ class DetectionTransform:
         top, left = int(torch.randint(h - ch + 1, ())), int(torch.randint(w - cw + 1, ()))
         return v2.functional.crop(image, top, left, ch, cw), v2.functional.crop(bxs, top, left, ch, cw)
 
-    def __call__(self, image: torch.Tensor, boxes: torch.Tensor):
+    def size_factor(self, strong: bool = True) -> float:
+        """The training size as a factor of the evaluation size: a multi-scale step or a scale-jitter draw."""
         cfg = self.cfg
+        if not (self.train and strong):
+            return 1.0
+        if cfg.multi_scale:
+            return SCALE_FACTORS[int(torch.randint(len(SCALE_FACTORS), ()))]
+        if cfg.scale_jitter > 0:
+            return _uniform(1 - cfg.scale_jitter, 1 + cfg.scale_jitter)
+        return 1.0
+
+    def __call__(self, image: torch.Tensor, boxes: torch.Tensor, strong: bool = True):
+        """``strong``: with crop, rotation and size changes (training only); flip and colour apply either way."""
+        cfg = self.cfg
+        strong = self.train and strong
         bxs = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(image.shape[-2:]))
-        if self.train and cfg.crop_prob > 0 and torch.rand(()).item() < cfg.crop_prob:
+        if strong and cfg.crop_prob > 0 and torch.rand(()).item() < cfg.crop_prob:
             image, bxs = self._crop(image, bxs)
-        factor = 1.0
-        if self.train and cfg.multi_scale:
-            factor = SCALE_FACTORS[int(torch.randint(len(SCALE_FACTORS), ()))]
-        h, w = resize_shape(image.shape[-2], image.shape[-1], cfg, factor)
+        h, w = resize_shape(image.shape[-2], image.shape[-1], cfg, self.size_factor(strong))
         image, bxs = v2.functional.resize(image, [h, w], antialias=True), v2.functional.resize(bxs, [h, w])
-        if self.augment is not None:
-            image, bxs = self.augment(image, bxs)
+        if self.light is not None:
+            image, bxs = self.light(image, bxs)
+        if strong and self.rotate is not None:
+            image, bxs = self.rotate(image, bxs)
         bxs = v2.functional.clamp_bounding_boxes(bxs)  # crops and rotations leave boxes partly outside
         return image.clamp(0, 1), bxs.as_subclass(torch.Tensor)
+
+
+def check_augmentation(cfg: DataConfig) -> None:
+    """A ``ValueError`` for augmentation settings outside their range, before any image is read."""
+    ranges = {"crop_min_fraction": (cfg.crop_min_fraction, 0 < cfg.crop_min_fraction <= 1, "(0, 1]"),
+              "scale_jitter": (cfg.scale_jitter, 0 <= cfg.scale_jitter < 1, "[0, 1)"),
+              "mosaic_prob": (cfg.mosaic_prob, 0 <= cfg.mosaic_prob <= 1, "[0, 1]"),
+              "mosaic_window": (cfg.mosaic_window, 0 < cfg.mosaic_window <= 1, "(0, 1]"),
+              "strong_aug_off_fraction": (cfg.strong_aug_off_fraction, 0 <= cfg.strong_aug_off_fraction <= 1,
+                                          "[0, 1]"),
+              "crop_prob": (cfg.crop_prob, 0 <= cfg.crop_prob <= 1, "[0, 1]"),
+              "hflip_prob": (cfg.hflip_prob, 0 <= cfg.hflip_prob <= 1, "[0, 1]")}
+    for name, (value, ok, interval) in ranges.items():
+        if not ok:
+            raise ValueError(f"{name} must be in {interval}, got {value}")
+    if cfg.multi_scale and cfg.scale_jitter > 0:
+        raise ValueError("multi_scale and scale_jitter both set the training size: choose one "
+                         f"(multi_scale: DETR's sizes; scale_jitter {cfg.scale_jitter}: a continuous range)")

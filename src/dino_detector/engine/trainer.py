@@ -22,6 +22,7 @@ from ..runtime.checkpoint import prune_epoch_checkpoints
 from ..runtime.device import resolve_amp
 from ..runtime.distributed import barrier, sum_across_processes
 from ..runtime.memory import memory_stats, reset_peak
+from ..runtime.schedule import Clock, off_for_final_share
 from ..spec import RunSpec, plan_run
 from .ema import ema_model
 from .epoch import EpochResult, StepSettings, TrainState, train_one_epoch
@@ -242,6 +243,7 @@ class Trainer:
             # resumed mid-epoch: the loader skips the windows already trained on
             progress = loader.sampler.resume_within(self.resume_progress, epoch, "windows",
                                                     settings.accum_steps * t.batch_size)
+            self._schedule_augmentation(loader.sampler, epoch)
             if t.unfreeze_at_epoch and epoch == t.unfreeze_at_epoch:
                 self._unfreeze_backbone()
             reset_peak(self.device)
@@ -266,6 +268,17 @@ class Trainer:
                 if self._select(self.evaluate(epoch + 1, f"epoch_{epoch + 1}"), epoch + 1):
                     break
         return epoch
+
+    def _schedule_augmentation(self, sampler, epoch: int) -> None:
+        """Strong augmentation (mosaic, crop, rotation, size changes) for all but the last
+        ``strong_aug_off_fraction`` of training, in epochs or in the time budget's minutes (whichever is
+        further): the last epochs see images as evaluation does (YOLO's close-mosaic)."""
+        share = self.spec.data.strong_aug_off_fraction
+        switch = off_for_final_share(share, epochs=self.spec.train.epochs, budget_s=self.run.budget_s)
+        strong = switch(Clock(self.state.step, epoch, self.state.elapsed)) > 0
+        if sampler.strong and not strong:
+            log.info("strong augmentation off from epoch %d (the last %.0f %% of training)", epoch + 1, 100 * share)
+        sampler.strong = strong
 
     def _pace_hint(self, steps_per_epoch: int):
         """After the first steps on a CPU: what one epoch will take at the measured rate, and, unless the run

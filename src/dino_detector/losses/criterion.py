@@ -29,7 +29,8 @@ class SetCriterion(nn.Module):
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float], *,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, softmax: bool = False,
                  no_object_weight: float = 0.1, box_loss: str = "l1", smooth_l1_beta: float = 0.1,
-                 iou_aware: bool = False, vfl_alpha: float = 0.75, one_to_many: int = 1):
+                 iou_aware: bool = False, vfl_alpha: float = 0.75, one_to_many: int = 1,
+                 iou_aware_loss: str = "varifocal", mal_gamma: float = 1.5):
         super().__init__()
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got '{box_loss}'")
@@ -39,6 +40,9 @@ class SetCriterion(nn.Module):
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.softmax, self.box_loss, self.smooth_l1_beta = softmax, box_loss, smooth_l1_beta
         self.iou_aware, self.vfl_alpha = iou_aware and not softmax, vfl_alpha
+        if iou_aware_loss not in ("varifocal", "mal"):
+            raise ValueError(f"iou_aware_loss must be 'varifocal' or 'mal', got '{iou_aware_loss}'")
+        self.iou_aware_loss, self.mal_gamma = iou_aware_loss, mal_gamma
         if one_to_many < 1:
             raise ValueError(f"one_to_many must be >= 1, got {one_to_many}")
         self.one_to_many = one_to_many
@@ -100,7 +104,8 @@ class SetCriterion(nn.Module):
     def varifocal(self, logits, onehot, boxes, targets, indices) -> torch.Tensor:
         """Varifocal loss (VarifocalNet; RT-DETR, DEIM): a matched query's target is the IoU of its box with
         the object's, so the class score also ranks localisation quality, which AP rewards; unmatched
-        queries are down-weighted by ``vfl_alpha * p^gamma`` as in focal loss."""
+        queries are down-weighted by ``vfl_alpha * p^gamma`` as in focal loss. ``iou_aware_loss`` "mal":
+        DEIM's matchability-aware form (target IoU^g, matched weight 1, unmatched weight p^g, g = mal_gamma)."""
         score = torch.zeros_like(logits)
         src, tgt = self.matched_boxes(boxes, targets, indices)
         if src.numel():
@@ -110,6 +115,13 @@ class SetCriterion(nn.Module):
             label = torch.cat([targets[i]["labels"][t] for i, (_, t) in enumerate(indices)])
             score[batch, query, label] = iou.clamp(min=0).to(score.dtype)
         prob = logits.sigmoid().detach()
+        if self.iou_aware_loss == "mal":
+            # DEIM's matchability-aware loss: the target is IoU^gamma and every matched query weighs 1, so a
+            # poorly overlapping match (many of them with mosaic's dense small boxes) still gets its gradient,
+            # where varifocal's IoU weight would all but silence it
+            target = score.pow(self.mal_gamma)
+            weight = prob.pow(self.mal_gamma) * (1 - onehot) + onehot
+            return nn.functional.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
         weight = self.vfl_alpha * prob.pow(self.focal_gamma) * (1 - onehot) + score
         return nn.functional.binary_cross_entropy_with_logits(logits, score, weight=weight, reduction="sum")
 
@@ -196,4 +208,5 @@ def build_criterion(num_classes: int, loss_cfg, softmax: bool = False) -> SetCri
     return SetCriterion(num_classes, matcher, weights, focal_alpha=loss_cfg.focal_alpha,
                         focal_gamma=loss_cfg.focal_gamma, softmax=softmax, no_object_weight=loss_cfg.no_object_weight,
                         box_loss=loss_cfg.box_loss, smooth_l1_beta=loss_cfg.smooth_l1_beta,
-                        iou_aware=loss_cfg.iou_aware, vfl_alpha=loss_cfg.vfl_alpha, one_to_many=loss_cfg.one_to_many)
+                        iou_aware=loss_cfg.iou_aware, vfl_alpha=loss_cfg.vfl_alpha, one_to_many=loss_cfg.one_to_many,
+                        iou_aware_loss=loss_cfg.iou_aware_loss, mal_gamma=loss_cfg.mal_gamma)

@@ -78,3 +78,17 @@ class Schedule:
         warm = self.warmup(clock)
         curve = self.curve(clock)
         return curve if warm >= 1.0 else self.warmup_start + (curve - self.warmup_start) * warm
+
+
+def off_for_final_share(share: float, *, epochs: int, budget_s: float = 0.0) -> Schedule:
+    """A switch: 1 (on) until the last ``share`` of a run, then 0, by epochs (from epoch ceil((1 - share) x
+    epochs)) or by the time budget (after (1 - share) of it), whichever comes first. Strong augmentation
+    uses it (YOLO turns mosaic off for its last epochs)."""
+    if not 0 <= share <= 1:
+        raise ValueError(f"the final share must be in [0, 1], got {share}")
+    if share == 0:
+        return Schedule(1.0)
+    if share == 1:
+        return Schedule(0.0)
+    return Schedule(1.0, kind="step", drop_epoch=max(1, math.ceil((1 - share) * epochs)), budget_s=budget_s,
+                    drop_budget_fraction=1 - share, drop_factor=0.0)
