@@ -174,7 +174,7 @@ def test_horizontal_flip_twice_is_the_identity(sample):
     image, boxes = sample
     h, w = image.shape[-2:]
     cfg = DataConfig(hflip_prob=1.0, color_jitter=0.0, image_size=max(h, w))
-    flip = DetectionTransform(cfg, train=True).augment
+    flip = DetectionTransform(cfg, train=True).light  # flip and colour: the light part
     bxs = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w))
     once_image, once = flip(image, bxs)
     mirrored = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], -1)
