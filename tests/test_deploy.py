@@ -141,3 +141,25 @@ def test_wrong_choices_are_value_errors(tiny_folder):
     backend = open_backend(tiny_folder, "onnxruntime")
     with pytest.raises(ValueError, match="top_k"):
         backend.detect([torch.rand(3, 64, 64)], [(64, 64)], top_k=101)
+
+
+def test_openvino_leaves_the_threads_signal_stack_and_a_later_sigterm_is_handled(tiny_folder):
+    # OpenVINO's CPU plugin repointed the thread's alternate signal stack at a buffer it later frees: a
+    # training run's SIGTERM after an OpenVINO INT8 test ended the whole suite in a segmentation fault
+    import signal
+
+    from dino_detector.runtime.signals import signal_stack
+    before = signal_stack()
+    assert before != (0, 0, 0)  # Linux: the stack is readable (pytest's faulthandler set one)
+    backend = open_backend(tiny_folder, "openvino")
+    assert signal_stack() == before
+    del backend
+    import gc
+    gc.collect()
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [signal.SIGTERM]

@@ -19,6 +19,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..runtime.signals import kept_signal_stack
+
 log = logging.getLogger(__name__)
 BackendName = Literal["torch", "onnxruntime", "openvino"]
 BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -126,7 +128,8 @@ class OpenVinoBackend(GraphBackend):
         # detections; quantised (int8) graphs keep their int8 ops either way
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_NUM_THREADS": num_threads or torch.get_num_threads()}
-        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        with kept_signal_stack():  # the CPU plugin repoints the thread's signal stack (runtime/signals.py)
+            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.outputs = [self.compiled.output(n) for n in ("boxes", "scores", "category_ids")]
         self.path, self.graph_top_k = Path(path), graph_top_k

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime.signals import kept_signal_stack
+
 log = logging.getLogger(__name__)
 MAX_CALIBRATION_IMAGES = 300  # NNCF's default subset; ranges stop moving well before that on one dataset
 MIN_CALIBRATION_IMAGES = 1
@@ -71,6 +73,7 @@ def quantize_openvino(fp32_xml: Path, output: Path, inputs: list[dict]) -> None:
     import openvino as ov
 
     model = ov.Core().read_model(str(fp32_xml))
-    quantized = nncf.quantize(model, nncf.Dataset(inputs), model_type=nncf.ModelType.TRANSFORMER,
-                              subset_size=len(inputs))
+    with kept_signal_stack():  # NNCF compiles the model on OpenVINO's CPU plugin (runtime/signals.py)
+        quantized = nncf.quantize(model, nncf.Dataset(inputs), model_type=nncf.ModelType.TRANSFORMER,
+                                  subset_size=len(inputs))
     ov.save_model(quantized, str(output), compress_to_fp16=False)

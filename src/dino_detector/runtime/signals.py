@@ -1,10 +1,16 @@
 """Stop requests from outside: SIGTERM (a cluster scheduler's preemption, ``kill``) and SIGINT (Ctrl-C).
 
 A training run does not die in the middle of a step: the handler only records the signal, the run finishes
-the step it is in, writes its checkpoint and stops (engine/run.py). A second Ctrl-C stops at once."""
+the step it is in, writes its checkpoint and stops (engine/run.py). A second Ctrl-C stops at once.
+
+``kept_signal_stack()`` guards the calls into native libraries that repoint the thread's alternate signal
+stack (OpenVINO's CPU plugin does when it loads, at a buffer it frees when it is unloaded again)."""
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import signal
+import sys
 import threading
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -38,3 +44,45 @@ class StopRequests:
 
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
+
+
+class _SignalStack(ctypes.Structure):
+    """Linux's ``stack_t`` (macOS orders the fields differently, hence Linux only)."""
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+def _sigaltstack():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).sigaltstack
+    except (OSError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def kept_signal_stack():
+    """The calling thread's alternate signal stack is the same after the block as before it.
+
+    Why: CPython installs every Python-level signal handler with SA_ONSTACK, so a signal handled in this
+    thread runs on that stack (faulthandler's, in the main thread). OpenVINO's CPU plugin points it at its
+    own buffer when it loads (``Core.compile_model``, NNCF's statistics) and frees the buffer when the plugin
+    is unloaded; the next SIGTERM, Ctrl-C or fault then ends the process in a segmentation fault instead of
+    a saved checkpoint or a traceback. No-op where ``sigaltstack`` cannot be called."""
+    call = _sigaltstack()
+    before = _SignalStack()
+    if call is None or call(None, ctypes.byref(before)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        call(ctypes.byref(before), None)  # fails harmlessly (EPERM) only while running on the stack itself
+
+
+def signal_stack() -> tuple[int, int, int]:
+    """(address, flags, size) of the calling thread's alternate signal stack; (0, 0, 0) where unknown."""
+    call, now = _sigaltstack(), _SignalStack()
+    if call is None or call(None, ctypes.byref(now)) != 0:
+        return 0, 0, 0
+    return now.ss_sp or 0, now.ss_flags, now.ss_size
