@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms import v2
 
+from .transforms import uniform
+
 FILL = 0.5  # canvas outside the four images: mid-grey, as YOLO's 114 / 255
 MIN_SIDE_PX = 2.0  # boxes thinner than this after clipping are slivers, not objects
 
@@ -27,10 +29,6 @@ class MosaicPart:
     image: torch.Tensor
     boxes: torch.Tensor
     labels: torch.Tensor
-
-
-def _uniform(low: float, high: float) -> float:
-    return low + (high - low) * torch.rand(()).item()
 
 
 def _resized(part: MosaicPart, side: int) -> MosaicPart:
@@ -54,7 +52,7 @@ def compose_mosaic(parts: list[MosaicPart], side: int, zoom_range: tuple[float, 
         raise ValueError(f"min_visible must be in [0, 1], got {min_visible}")
     canvas_side = 2 * side
     canvas = torch.full((3, canvas_side, canvas_side), FILL, dtype=parts[0].image.dtype)
-    cx, cy = round(_uniform(0.5, 1.5) * side), round(_uniform(0.5, 1.5) * side)
+    cx, cy = round(uniform(0.5, 1.5) * side), round(uniform(0.5, 1.5) * side)
     boxes, labels = [], []
     for quadrant, part in enumerate(_resized(p, side) for p in parts):
         h, w = part.image.shape[-2:]
@@ -69,7 +67,7 @@ def compose_mosaic(parts: list[MosaicPart], side: int, zoom_range: tuple[float, 
         shifted = part.boxes + torch.tensor([x0, y0, x0, y0], dtype=part.boxes.dtype)
         boxes.append(_clip(shifted, (px0, py0, px1, py1)))
         labels.append(part.labels)
-    window = round(_uniform(*zoom_range) * canvas_side)
+    window = round(uniform(*zoom_range) * canvas_side)
     # the window holds the centre (all four images show) and stays on the canvas
     left = int(torch.randint(max(0, cx - window), min(cx, canvas_side - window) + 1, ()))
     top = int(torch.randint(max(0, cy - window), min(cy, canvas_side - window) + 1, ()))

@@ -55,7 +55,8 @@ def resize_for_inference(image: torch.Tensor, cfg: DataConfig | Resize) -> torch
     return v2.functional.resize(image, [h, w], antialias=True)
 
 
-def _uniform(low: float, high: float) -> float:
+def uniform(low: float, high: float) -> float:
+    """One draw of U[low, high] from torch's global generator (seeded with the rest of the augmentation)."""
     return low + (high - low) * torch.rand(()).item()
 
 
@@ -77,7 +78,7 @@ class DetectionTransform:
 
     def _crop(self, image: torch.Tensor, bxs: tv_tensors.BoundingBoxes):
         h, w = image.shape[-2:]
-        ch, cw = max(1, round(h * _uniform(self.cfg.crop_min_fraction, 1))), max(1, round(w * _uniform(
+        ch, cw = max(1, round(h * uniform(self.cfg.crop_min_fraction, 1))), max(1, round(w * uniform(
             self.cfg.crop_min_fraction, 1)))
         top, left = int(torch.randint(h - ch + 1, ())), int(torch.randint(w - cw + 1, ()))
         return v2.functional.crop(image, top, left, ch, cw), v2.functional.crop(bxs, top, left, ch, cw)
@@ -90,7 +91,7 @@ class DetectionTransform:
         if cfg.multi_scale:
             return SCALE_FACTORS[int(torch.randint(len(SCALE_FACTORS), ()))]
         if cfg.scale_jitter > 0:
-            return _uniform(1 - cfg.scale_jitter, 1 + cfg.scale_jitter)
+            return uniform(1 - cfg.scale_jitter, 1 + cfg.scale_jitter)
         return 1.0
 
     def __call__(self, image: torch.Tensor, boxes: torch.Tensor, strong: bool = True):
