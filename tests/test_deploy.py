@@ -4,8 +4,10 @@ two-stage architectures; exported files are cached beside the checkpoint and rem
 graphs are quantised and stay close to fp32; wrong choices are one-line errors."""
 from __future__ import annotations
 
+import gc
 import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from dino_detector.data.transforms import Resize, resize_for_inference
 from dino_detector.deploy.artifacts import artifact_path
 from dino_detector.deploy.backends import TorchBackend
 from dino_detector.deploy.loader import open_backend
+from dino_detector.runtime.signals import signal_stack
 
 CLASSES = {"category_ids": [1, 2, 3], "class_names": ["Platelets", "RBC", "WBC"]}
 SCORE_TOL, BOX_TOL = 1e-4, 1e-3  # scores absolute; boxes as a fraction of the image's longer side
@@ -146,15 +149,11 @@ def test_wrong_choices_are_value_errors(tiny_folder):
 def test_openvino_leaves_the_threads_signal_stack_and_a_later_sigterm_is_handled(tiny_folder):
     # OpenVINO's CPU plugin repointed the thread's alternate signal stack at a buffer it later frees: a
     # training run's SIGTERM after an OpenVINO INT8 test ended the whole suite in a segmentation fault
-    import signal
-
-    from dino_detector.runtime.signals import signal_stack
     before = signal_stack()
     assert before != (0, 0, 0)  # Linux: the stack is readable (pytest's faulthandler set one)
     backend = open_backend(tiny_folder, "openvino")
     assert signal_stack() == before
     del backend
-    import gc
     gc.collect()
     seen = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import signal
 import sys
 import threading
@@ -51,13 +52,21 @@ class _SignalStack(ctypes.Structure):
     _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
 
 
+@functools.cache
 def _sigaltstack():
+    """libc's ``sigaltstack`` (Linux), or None where it cannot be called."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         return ctypes.CDLL(None, use_errno=True).sigaltstack
     except (OSError, AttributeError):
         return None
+
+
+def _read_signal_stack() -> _SignalStack | None:
+    """The calling thread's alternate signal stack, or None where it cannot be read."""
+    call, now = _sigaltstack(), _SignalStack()
+    return now if call is not None and call(None, ctypes.byref(now)) == 0 else None
 
 
 @contextlib.contextmanager
@@ -69,20 +78,15 @@ def kept_signal_stack():
     own buffer when it loads (``Core.compile_model``, NNCF's statistics) and frees the buffer when the plugin
     is unloaded; the next SIGTERM, Ctrl-C or fault then ends the process in a segmentation fault instead of
     a saved checkpoint or a traceback. No-op where ``sigaltstack`` cannot be called."""
-    call = _sigaltstack()
-    before = _SignalStack()
-    if call is None or call(None, ctypes.byref(before)) != 0:
-        yield
-        return
+    before = _read_signal_stack()
     try:
         yield
     finally:
-        call(ctypes.byref(before), None)  # fails harmlessly (EPERM) only while running on the stack itself
+        if before is not None:  # fails harmlessly (EPERM) only while running on the stack itself
+            _sigaltstack()(ctypes.byref(before), None)
 
 
 def signal_stack() -> tuple[int, int, int]:
     """(address, flags, size) of the calling thread's alternate signal stack; (0, 0, 0) where unknown."""
-    call, now = _sigaltstack(), _SignalStack()
-    if call is None or call(None, ctypes.byref(now)) != 0:
-        return 0, 0, 0
-    return now.ss_sp or 0, now.ss_flags, now.ss_size
+    now = _read_signal_stack()
+    return (now.ss_sp or 0, now.ss_flags, now.ss_size) if now is not None else (0, 0, 0)
