@@ -412,7 +412,7 @@ def test_batched_matching_equals_matching_each_image_alone(problem):
 @st.composite
 def raw_outputs(draw):
     """Raw head outputs (logits up to +-30, boxes anywhere in [-3, 3]: out of range, even negative sides),
-    original sizes, a head kind, top_k, threshold and optionally sparse category ids."""
+    original sizes, a head kind, top_k, threshold, optionally sparse category ids, and a soft-NMS sigma."""
     b, q, c = draw(st.integers(1, 3)), draw(st.integers(1, 10)), draw(st.integers(1, 5))
     softmax = draw(st.booleans())
     logits = draw(hnp.arrays(np.float32, (b, q, c + int(softmax)), elements=st.floats(-30, 30, width=32)))
@@ -420,23 +420,25 @@ def raw_outputs(draw):
     sizes = draw(st.lists(st.tuples(st.integers(1, 2000), st.integers(1, 2000)), min_size=b, max_size=b))
     ids = draw(st.none() | st.lists(st.integers(0, 10_000), min_size=c, max_size=c, unique=True))
     return ({"pred_logits": torch.from_numpy(logits), "pred_boxes": torch.from_numpy(boxes)}, sizes, softmax,
-            draw(st.integers(1, 60)), draw(st.sampled_from([0.0, 0.0, 0.05, 0.3, 0.5, 0.9])), ids)
+            draw(st.integers(1, 60)), draw(st.sampled_from([0.0, 0.0, 0.05, 0.3, 0.5, 0.9])), ids,
+            draw(st.sampled_from([0.0, 0.5, 0.01])))
 
 
 @PROPERTY
 @given(raw_outputs())
 def test_postprocess_never_returns_a_box_outside_the_original_image(raw):
-    """``postprocess`` (sigmoid and softmax heads, any top_k / threshold) returns per image at most
+    """``postprocess`` (sigmoid and softmax heads, any top_k / threshold, soft NMS or not) returns per image at most
     min(top_k, Q * C) detections, each xyxy box inside [0, width] x [0, height] of its original size, whatever
     the predicted boxes (also out of range); scores above the threshold, best first; labels in 0..C-1 and
     category ids looked up from them. Predicted boxes with w, h >= 0 come out with x0 <= x1, y0 <= y1. The
     fixed-size ``topk_detections`` (the exported graph, int64 sizes) keeps its boxes inside the image too."""
-    outputs, sizes, softmax, top_k, threshold, ids = raw
+    outputs, sizes, softmax, top_k, threshold, ids, sigma = raw
     b, q, c = outputs["pred_boxes"].shape[0], outputs["pred_boxes"].shape[1], outputs["pred_logits"].shape[-1]
     c -= int(softmax)
-    results = postprocess(outputs, sizes, ids, top_k=top_k, threshold=threshold, softmax=softmax)
+    results = postprocess(outputs, sizes, ids, top_k=top_k, threshold=threshold, softmax=softmax,
+                          soft_nms_sigma=sigma)
     assert len(results) == b
-    fixed, _, _ = topk_detections(outputs, torch.tensor(sizes, dtype=torch.int64), top_k, softmax)
+    fixed, _, _ = topk_detections(outputs, torch.tensor(sizes, dtype=torch.int64), top_k, softmax, sigma)
     assert fixed.shape == (b, min(top_k, q * c), 4)
     for (h, w), det, boxes_k in zip(sizes, results, fixed):
         for boxes in (det["boxes"], boxes_k):

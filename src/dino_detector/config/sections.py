@@ -62,6 +62,7 @@ class ModelConfig(Settings):
     class_mlp_layers: int = 1  # layers of the class head; 1: linear
     box_mlp_layers: int = 3  # layers of the box head MLP
     head_dropout: float = 0.0  # dropout between the layers of the class and box heads
+    soft_nms_sigma: float = 0.0  # >0: near-duplicate detections' scores times exp(-IoU^2 / sigma) (Gaussian Soft-NMS); 0: off
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,8 @@ class TorchBackend(Backend):
         outputs = self.model([image.to(self.device) for image in images])
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # count the GPU work, not only its launch
-        dets = postprocess(outputs, list(orig_sizes), self.category_ids, top_k, threshold, self.model.softmax)
+        dets = postprocess(outputs, list(orig_sizes), self.category_ids, top_k, threshold,
+                           **self.model.decode_options)
         return [{"boxes": d["boxes"].cpu(), "scores": d["scores"].cpu(), "category_ids": d["category_ids"].cpu()}
                 for d in dets]
 

@@ -199,6 +199,7 @@ def log_training_image(run: RunContext, state: TrainState, image: torch.Tensor, 
     """The batch's first image with its true boxes (green) and the current predictions (red)."""
     h, w = image.shape[-2:]
     first = {"pred_logits": outputs["pred_logits"][:1].detach(), "pred_boxes": outputs["pred_boxes"][:1].detach()}
-    det = postprocess(first, [(h, w)], top_k=20, threshold=IMAGE_LOG_THRESHOLD, softmax=state.model.softmax)[0]
+    det = postprocess(first, [(h, w)], top_k=20, threshold=IMAGE_LOG_THRESHOLD,
+                      **state.model.decode_options)[0]
     true = box_convert(target["boxes"], "cxcywh", "xyxy") * torch.tensor([w, h, w, h], device=image.device)
     run.logger.image("images/train", image, true, det["boxes"], state.step)

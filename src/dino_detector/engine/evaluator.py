@@ -40,7 +40,7 @@ def predict_dataset(model, loader, device, category_ids: list[int], desc: str = 
         outputs = model([im.to(device) for im in images])
         if on_outputs is not None:
             on_outputs(outputs, targets)
-        dets = postprocess(outputs, [t["orig_size"] for t in targets], category_ids, softmax=model.softmax)
+        dets = postprocess(outputs, [t["orig_size"] for t in targets], category_ids, **model.decode_options)
         for t, det in zip(targets, dets):
             xywh = det["boxes"].clone()
             xywh[:, 2:] -= xywh[:, :2]

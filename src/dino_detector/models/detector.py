@@ -116,6 +116,8 @@ class ObjectDetector(nn.Module):
         self.proposals = ProposalSelector(d, heads, cfg.num_queries) if cfg.two_stage else None
         if cfg.hybrid_queries < 0:
             raise ValueError(f"hybrid_queries must be >= 0, got {cfg.hybrid_queries}")
+        if cfg.soft_nms_sigma < 0:
+            raise ValueError(f"soft_nms_sigma must be >= 0 (0: off), got {cfg.soft_nms_sigma}")
         self.query_content = nn.Embedding(cfg.num_queries, d)
         # H-DETR's one-to-many branch: queries that train beside the main ones and are dropped at inference
         self.hybrid_content = nn.Embedding(cfg.hybrid_queries, d) if cfg.hybrid_queries else None
@@ -170,6 +172,11 @@ class ObjectDetector(nn.Module):
     def softmax(self) -> bool:
         """True when the class logits carry a last "no object" column (softmax / cross-entropy)."""
         return self.config.classifier == "softmax"
+
+    @property
+    def decode_options(self) -> dict:
+        """How this model's raw outputs become detections: keywords of ``postprocess`` / ``topk_detections``."""
+        return {"softmax": self.softmax, "soft_nms_sigma": self.config.soft_nms_sigma}
 
     def parameter_summary(self) -> str:
         trainable, total = count_parameters(self)
@@ -304,7 +311,7 @@ class ObjectDetector(nn.Module):
         outputs = self(inputs)
         self.train(was_training)
         dets = postprocess(outputs, [tuple(t.shape[-2:]) for t in tensors], self.category_ids, top_k, threshold,
-                           self.softmax)
+                           **self.decode_options)
         results = []
         for det in dets:
             names = [self.class_names[i] for i in det["labels"].tolist()]

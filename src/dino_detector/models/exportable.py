@@ -40,7 +40,7 @@ class InferenceGraph(nn.Module):
         out = self.detector(images)
         if not self.postprocess:
             return out["pred_logits"], out["pred_boxes"]
-        boxes, scores, labels = topk_detections(out, orig_sizes, self.top_k, self.detector.softmax)
+        boxes, scores, labels = topk_detections(out, orig_sizes, self.top_k, **self.detector.decode_options)
         return boxes, scores, self.category_ids[labels]
 
     def names(self) -> tuple[list[str], list[str]]:

@@ -25,7 +25,7 @@ from ..runtime.checkpoint import load_checkpoint
 WEIGHTS = ("auto", "raw", "ema")
 # settings that change the training, or are recorded, not the shapes: not reported as architecture differences
 NOT_ARCHITECTURE = {"pretrained", "dino_weights", "backbone_weights", "backbone_arch", "backbone_mode", "lora_dropout",
-                    "dropout", "head_dropout", "aux_loss", "class_names", "category_ids"}
+                    "dropout", "head_dropout", "aux_loss", "class_names", "category_ids", "soft_nms_sigma"}
 
 
 def saved_model_settings(saved: dict) -> tuple[ModelConfig, Resize]:
