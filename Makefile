@@ -20,7 +20,7 @@ demo: $(STAMP)
 # the layers contract of pyproject.toml (ARCHITECTURE.md), then the suite
 test: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=15
 
 # benchmark suite, ours against the peer detectors: `make bench [OUT=DIR]` (python -m benchmarks.run --help)
 bench: $(STAMP)
