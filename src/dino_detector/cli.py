@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
+import textwrap
 import typing
 
 from .config import PRESETS, Config, SettingsError, build_config
@@ -24,12 +25,19 @@ from .config.settings import FieldType, parse_scalar, read_yaml
 T = typing.TypeVar("T")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Flag help wrapped at spaces only: textwrap's default splits "Soft-NMS" into "Soft- NMS"."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 class SettingsParser(argparse.ArgumentParser):
     """argparse with one-line errors (exit code 2) that suggest the nearest flag for a misspelt one."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("usage", "%(prog)s [flags]   (-h / --help lists them by section)")
-        kwargs.setdefault("formatter_class", lambda prog: argparse.RawDescriptionHelpFormatter(
+        kwargs.setdefault("formatter_class", lambda prog: HelpFormatter(
             prog, max_help_position=38, width=118))
         super().__init__(allow_abbrev=False, **kwargs)
 
