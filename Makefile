@@ -17,10 +17,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m dino_detector.demo
 
-# the layers contract of pyproject.toml (ARCHITECTURE.md), then the suite
+# the layers contract of pyproject.toml (ARCHITECTURE.md), then the suite: one pytest-xdist worker per core
+# (each test runs torch on one thread, conftest.py), a file's tests in one worker so its fixtures are made once
 test: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest tests -q --durations=15
+	$(PY) -m pytest tests -q -n auto --dist loadfile --durations=15
 
 # benchmark suite, ours against the peer detectors: `make bench [OUT=DIR]` (python -m benchmarks.run --help)
 bench: $(STAMP)

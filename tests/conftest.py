@@ -110,3 +110,13 @@ def trained_bccd(bccd, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_checkpoint(trained_bccd) -> Path:
     return trained_bccd / "dino_detector_final.pth"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Captured output as valid UTF-8: a test that prints an undecodable file name (a surrogate escape) would
+    otherwise stop pytest-xdist, which sends each report to the controller as UTF-8."""
+    outcome = yield
+    report = outcome.get_result()
+    report.sections = [(title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+                       for title, text in report.sections]

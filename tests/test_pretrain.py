@@ -17,7 +17,7 @@ from dino_detector.train import main as train_main
 
 SMALL = ["--batch_size", "4", "--global_size", "32", "--local_size", "16", "--n_local", "2", "--out_dim", "64",
          "--head_hidden_dim", "32", "--head_bottleneck_dim", "16", "--device", "cpu", "--num_workers", "0",
-         "--log_frequency", "1", "--mask_probability", "1.0"]
+         "--log_frequency", "1", "--mask_probability", "1.0", "--mim_weight", "0.5"]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_pretraining_writes_an_encoder_and_logs_every_term(pretrained):
     events = EventAccumulator(str(pretrained / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    for term in ("loss", "dino", "ibot", "koleo", "vicreg", "vicreg_variance", "teacher_temp", "momentum", "lr",
+    for term in ("loss", "dino", "ibot", "mim", "koleo", "vicreg", "vicreg_variance", "teacher_temp", "momentum", "lr",
                  "embedding_std", "target_entropy"):
         assert f"pretrain/{term}" in tags, term
     assert len(events.Scalars("pretrain/loss")) == 4  # 8 images, batch 4, 2 epochs
@@ -87,12 +87,18 @@ def test_the_encoder_file_is_the_teachers_encoder_and_a_detection_backbone(pretr
     assert (det[f"backbone.vit.{name}"] - start).abs().max() < (random - start).abs().max() / 4
 
 
-def test_resume_continues_from_the_last_pretraining_checkpoint(pretrained, shapes, tmp_path):
+def test_resume_continues_from_the_last_pretraining_checkpoint(pretrained, shapes, tmp_path, capsys):
     out = tmp_path / "more"
     assert pretrain_main(["--images", str(shapes[0]), "--arch", "flexible-tiny", "--epochs", "3",
                           "--resume", str(pretrained / "pretrain_last.pth"), "--output_dir", str(out), *SMALL]) == 0
     ckpt = load_checkpoint(out / "pretrain_last.pth")
     assert ckpt["epoch"] == 3 and ckpt["step"] == 6
+    # without --mim_weight the checkpoint's pixel head has no place: one line that says so, exit code 2
+    assert pretrain_main(["--images", str(shapes[0]), "--arch", "flexible-tiny", "--epochs", "3", "--resume",
+                          str(pretrained / "pretrain_last.pth"), "--output_dir", str(tmp_path / "x"),
+                          *SMALL[:-2]]) == 2
+    err = capsys.readouterr().err
+    assert "other head settings" in err and "pixel_head" in err and "Traceback" not in err
 
 
 def test_continued_pretraining_of_a_dinov2_architecture(shapes, tmp_path):

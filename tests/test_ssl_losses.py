@@ -14,6 +14,7 @@ from dino_detector.ssl.heads import BatchStandardise, DINOHead
 from dino_detector.ssl.ibot_loss import IBOTPatchLoss
 from dino_detector.ssl.koleo import KoLeoLoss
 from dino_detector.ssl.masking import batch_masks, block_mask
+from dino_detector.ssl.mim_loss import PixelReconstructionLoss, patchify
 from dino_detector.ssl.multicrop import MultiCrop
 from dino_detector.ssl.vicreg import VICRegLoss, vicreg_terms
 
@@ -299,3 +300,58 @@ def test_batch_standardise_values() -> None:
     flat = x.reshape(-1, 6)
     torch.testing.assert_close(BatchStandardise()(flat), y)
     assert not list(BatchStandardise().parameters()) and not list(BatchStandardise().buffers())
+
+def test_patchify_orders_tokens_as_the_encoder_and_pixels_channels_last() -> None:
+    images = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(2, 3, 4, 6)
+    patches = patchify(images, 2)  # a 2 x 3 grid of 2 x 2 patches
+    assert patches.shape == (2, 6, 12)
+    for b in range(2):
+        for t in range(6):
+            row, col = divmod(t, 3)
+            want = [float(images[b, c, 2 * row + i, 2 * col + j]) for i in range(2) for j in range(2) for c in range(3)]
+            assert patches[b, t].tolist() == want
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        patchify(torch.zeros(1, 3, 5, 4), 2)
+
+
+def _mim_hand(pred, images, masks, patch, norm_pix):
+    """The per-image mean over masked patches of the squared error, averaged over images with a masked patch."""
+    _, c, h, w = images.shape
+    per_image = []
+    for b, image_masks in enumerate(masks):
+        losses = []
+        for t, masked in enumerate(image_masks):
+            if not masked:
+                continue
+            row, col = divmod(t, w // patch)
+            target = [float(images[b, ch, patch * row + i, patch * col + j])
+                      for i in range(patch) for j in range(patch) for ch in range(c)]
+            if norm_pix:
+                mean = sum(target) / len(target)
+                var = sum((v - mean) ** 2 for v in target) / len(target)
+                target = [(v - mean) / math.sqrt(var + 1e-6) for v in target]
+            losses.append(sum((p - v) ** 2 for p, v in zip(pred[b][t], target)) / len(target))
+        if losses:
+            per_image.append(sum(losses) / len(losses))
+    return sum(per_image) / len(per_image)
+
+
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_pixel_reconstruction_loss_scores_masked_patches_only(norm_pix) -> None:
+    torch.manual_seed(5)
+    images = torch.randn(3, 3, 4, 4)  # 2 x 2 patches of 2 x 2 pixels
+    pred = torch.randn(3, 4, 12)
+    masks = torch.tensor([[True, False, False, True], [False, False, False, False], [False, True, True, True]])
+    loss_fn = PixelReconstructionLoss(patch=2, norm_pix=norm_pix)
+    loss = loss_fn(pred, images, masks)
+    assert loss.item() == pytest.approx(_mim_hand(pred.tolist(), images, masks.tolist(), 2, norm_pix), rel=1e-5)
+    changed = pred.clone()
+    changed[~masks] = 100.0  # what the student predicts where it saw the pixels is not scored
+    assert loss_fn(changed, images, masks).item() == pytest.approx(loss.item(), rel=1e-6)
+    perfect = torch.where(masks[..., None], loss_fn.targets(images), pred)
+    assert loss_fn(perfect, images, masks).item() == pytest.approx(0.0, abs=1e-10)
+    nothing_masked = torch.zeros(3, 4, dtype=torch.bool)
+    assert loss_fn(pred.requires_grad_(), images, nothing_masked).item() == 0.0
+    if norm_pix:  # a patch's brightness and contrast are not asked for: only its structure
+        brighter = images * 3.0 + 0.5
+        assert loss_fn(pred, brighter, masks).item() == pytest.approx(loss.item(), rel=1e-4)

@@ -84,7 +84,7 @@ def plot_training(history: list[dict], metrics: dict | None, path: str | Path) -
     plt.close(fig)
 
 
-PRETRAIN_PANELS = ("loss", "dino", "ibot", "koleo", "vicreg", "embedding_std")  # those a run logs, in this order
+PRETRAIN_PANELS = ("loss", "dino", "ibot", "mim", "koleo", "vicreg", "embedding_std")  # those a run logs, in this order
 
 
 def plot_pretraining(rows: list[dict], path: str | Path, uniform_loss: float | None = None) -> Path | None:

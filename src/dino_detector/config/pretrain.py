@@ -67,6 +67,7 @@ class MethodConfig(Settings):
     separate_heads: bool = False  # a projection head of its own for the iBOT patch loss (else shared with DINO's)
     dino_weight: float = 1.0  # weight of the DINO loss on the CLS token (0 switches it off)
     ibot_weight: float = 1.0  # weight of the iBOT loss on masked patch tokens (0 switches it off)
+    mim_weight: float = 0.0  # weight of masked-pixel reconstruction (SimMIM pixel head, MAE per-patch normalised targets) on the masked global views (0 switches it off)
     koleo_weight: float = 0.1  # weight of the KoLeo spreading regulariser (0 switches it off)
     vicreg_weight: float = 0.04  # weight of VICReg on the global views' CLS embeddings (0 switches it off)
     centering: Literal["centering", "sinkhorn"] = "centering"  # teacher targets: centring, or Sinkhorn-Knopp

@@ -34,11 +34,12 @@ from .heads import DINOHead
 from .ibot_loss import IBOTPatchLoss
 from .koleo import KoLeoLoss
 from .masking import batch_masks
+from .mim_loss import PixelReconstructionLoss
 from .multicrop import MultiCrop
 from .vicreg import VICRegLoss
 
 log = logging.getLogger(__name__)
-SUMMARY_KEYS = ("loss", "dino", "ibot", "koleo", "vicreg", "embedding_std", "target_entropy")
+SUMMARY_KEYS = ("loss", "dino", "ibot", "mim", "koleo", "vicreg", "embedding_std", "target_entropy")
 LAST_FILE = "pretrain_last.pth"
 CURVE_FILE = "pretrain_curve.csv"
 
@@ -74,7 +75,8 @@ def collate_views(batch):
 class Student(torch.nn.Module):
     """Encoder + the projection head of the DINO (CLS) loss and that of the iBOT (patch) loss: one shared head
     (iBOT's choice), or two (``separate_heads``, DINOv2's option), so that the patch tokens, hundreds per
-    image, do not decide the prototypes the CLS token is scored on."""
+    image, do not decide the prototypes the CLS token is scored on. With ``mim_weight`` > 0 a linear pixel head
+    (SimMIM's) predicts each patch's pixels from its token."""
 
     def __init__(self, encoder: torch.nn.Module, method):
         super().__init__()
@@ -84,12 +86,17 @@ class Student(torch.nn.Module):
         self.head = DINOHead(encoder.config.hidden_size, **head)
         self.patch_head = DINOHead(encoder.config.hidden_size, **head) if method.separate_heads else None
         self.prefix = 1 + getattr(encoder.config, "num_register_tokens", 0)
+        patch = encoder.config.patch_size
+        self.pixel_head = (torch.nn.Linear(encoder.config.hidden_size, patch * patch * 3)
+                           if method.mim_weight > 0 else None)
 
     def forward(self, pixels: torch.Tensor, masks: torch.Tensor | None = None):
-        """pixels [N, 3, s, s] normalised -> (CLS embedding [N, D], CLS logits [N, K], patch logits [N, T, K])."""
+        """pixels [N, 3, s, s] normalised, masks [N, T] -> (CLS embedding [N, D], CLS logits [N, K], patch logits
+        [N, T, K], predicted pixels [N, T, p * p * 3] of every patch, or None without masks or pixel head)."""
         tokens = self.encoder(pixel_values=pixels, bool_masked_pos=masks).last_hidden_state
         cls, patches = tokens[:, 0], tokens[:, self.prefix:]
-        return cls, self.head(cls), (self.patch_head or self.head)(patches)
+        reconstructed = self.pixel_head(patches) if self.pixel_head is not None and masks is not None else None
+        return cls, self.head(cls), (self.patch_head or self.head)(patches), reconstructed
 
 
 def schedules(cfg: PretrainConfig, total_steps: int, budget_s: float) -> dict[str, Schedule]:
@@ -139,6 +146,7 @@ class Pretrainer:
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.dino_loss = DINOLoss(cfg.method.out_dim, cfg.method.student_temp).to(self.device)
         self.ibot_loss = IBOTPatchLoss(cfg.method.out_dim, cfg.method.student_temp).to(self.device)
+        self.mim_loss = PixelReconstructionLoss(self.patch)
         self.koleo, self.vicreg = KoLeoLoss(), VICRegLoss()
         self.mask_generator = torch.Generator().manual_seed(r.seed + self.run.dist.rank)
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
@@ -158,31 +166,33 @@ class Pretrainer:
         g = torch.cat([self._normalise(v) for v in globals_])
         grid = self.cfg.crops.global_size // self.patch
         masks = None
-        if m.ibot_weight > 0:
+        if m.ibot_weight > 0 or m.mim_weight > 0:
             masks = batch_masks(g.shape[0], grid, grid, tuple(m.mask_ratio), m.mask_probability,
                                 self.mask_generator).to(self.device)
         temp = values["teacher_temp"]
         with torch.no_grad():
-            _, t_cls, t_patch = self.teacher(g)
+            _, t_cls, t_patch, _ = self.teacher(g)
             if m.centering == "sinkhorn":
                 t_probs = self.dino_loss.sinkhorn_knopp(t_cls, temp)
             else:
                 t_probs = self.dino_loss.teacher_probs(t_cls, temp)
             t_patch_probs = self.ibot_loss.teacher_probs(t_patch, temp)
-        s_emb, s_cls, s_patch = self.ddp(g, masks)
+        s_emb, s_cls, s_patch, s_pixels = self.ddp(g, masks)
         student_logits = list(s_cls.chunk(2))
         if locals_:
-            _, l_cls, _ = self.ddp(torch.cat([self._normalise(v) for v in locals_]))
+            _, l_cls, _, _ = self.ddp(torch.cat([self._normalise(v) for v in locals_]))
             student_logits += list(l_cls.chunk(len(locals_)))
         terms = {"dino": self.dino_loss(student_logits, list(t_probs.chunk(2)))}
         if m.ibot_weight > 0:
             terms["ibot"] = self.ibot_loss(s_patch, t_patch_probs, masks)
+        if m.mim_weight > 0:
+            terms["mim"] = self.mim_loss(s_pixels, g, masks)
         if m.koleo_weight > 0:
             terms["koleo"] = sum(self.koleo(e) for e in s_emb.chunk(2)) / 2
         if m.vicreg_weight > 0:
             terms["vicreg"], vic = self.vicreg(*s_emb.chunk(2))
             terms.update({f"vicreg_{k}": v.detach() for k, v in vic.items()})
-        weights = {"dino": m.dino_weight, "ibot": m.ibot_weight, "koleo": m.koleo_weight, "vicreg": m.vicreg_weight}
+        weights = {"dino": m.dino_weight, "ibot": m.ibot_weight, "mim": m.mim_weight, "koleo": m.koleo_weight, "vicreg": m.vicreg_weight}
         loss = sum(terms[k] * w for k, w in weights.items() if k in terms)
         for group in self.optimizer.param_groups:
             group["lr"], group["weight_decay"] = values["lr"], values["weight_decay"]
@@ -202,7 +212,7 @@ class Pretrainer:
             t_params, s_params = list(self.teacher.parameters()), list(self.student.parameters())
             torch._foreach_lerp_(t_params, s_params, 1.0 - values["momentum"])
             self.dino_loss.update_center(t_cls)
-            if masks is not None:
+            if masks is not None and m.ibot_weight > 0:
                 self.ibot_loss.update_center(t_patch, masks)
             # collapse monitor: per-dimension std of the L2-normalised embeddings (0 when collapsed,
             # about 1/sqrt(D) when spread out)
@@ -304,7 +314,13 @@ class Pretrainer:
             self.on_curve(self.curve)
 
     def _resume(self, ckpt: dict) -> None:
-        self.student.load_state_dict(ckpt["model"])
+        try:
+            self.student.load_state_dict(ckpt["model"])
+        except RuntimeError as err:  # a missing or unexpected head, or another width
+            detail = str(err).strip().splitlines()[-1].strip()
+            raise ValueError(f"{self.cfg.run.resume} was written with other head settings than these (out_dim, "
+                             "head_*, separate_heads, mim_weight); resume with the settings in that run's "
+                             f"pretrain_config.yaml ({detail})") from None
         self.teacher.load_state_dict(ckpt["teacher"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.dino_loss.center.copy_(ckpt["dino_center"])
