@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 from ..runtime.distributed import all_reduce_sum_ as _all_reduce_sum
+from .masking import masked_token_mean
 
 
 class IBOTPatchLoss(nn.Module):
@@ -33,17 +33,8 @@ class IBOTPatchLoss(nn.Module):
         Per-token cross-entropy at masked positions, averaged per image over its masked tokens (so
         heavily masked images do not dominate), then over images having at least one masked token.
         """
-        masks = masks.bool()
         logp = F.log_softmax(student_patch_logits / self.student_temp, dim=-1)
-        token_loss = torch.sum(-teacher_probs * logp, dim=-1)  # [B, T]
-        # where() rather than multiply: unmasked positions must not leak NaN/inf into the result.
-        token_loss = torch.where(masks, token_loss, torch.zeros_like(token_loss))
-        n_masked = masks.sum(dim=1)  # [B]
-        has_mask = n_masked > 0
-        if not bool(has_mask.any()):
-            return token_loss.sum() * 0.0  # keeps the graph connected for backward()
-        per_image = token_loss.sum(dim=1)[has_mask] / n_masked[has_mask].to(token_loss.dtype)
-        return per_image.mean()
+        return masked_token_mean(torch.sum(-teacher_probs * logp, dim=-1), masks)
 
     @torch.no_grad()
     def update_center(self, teacher_patch_logits: torch.Tensor, masks: torch.Tensor) -> None:

@@ -64,3 +64,16 @@ def batch_masks(batch: int, grid_h: int, grid_w: int, ratio_range: tuple[float, 
         ratio = _uniform(ratio_range[0], ratio_range[1], generator)
         masks[b] = block_mask(grid_h, grid_w, ratio, generator, min_block, max_aspect).flatten()
     return masks
+
+
+def masked_token_mean(token_loss: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``token_loss [B, T]`` at ``masks [B, T]`` -> scalar: the mean over each image's masked tokens, then over
+    the images with at least one (so heavily masked images do not dominate); 0, still in the graph, when
+    nothing is masked. ``where`` rather than a product: unmasked positions must not leak NaN / inf."""
+    masks = masks.bool()
+    token_loss = torch.where(masks, token_loss, torch.zeros_like(token_loss))
+    n_masked = masks.sum(dim=1)
+    has_mask = n_masked > 0
+    if not bool(has_mask.any()):
+        return token_loss.sum() * 0.0  # keeps the graph connected for backward()
+    return (token_loss.sum(dim=1)[has_mask] / n_masked[has_mask].to(token_loss.dtype)).mean()

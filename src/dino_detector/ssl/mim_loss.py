@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .masking import masked_token_mean
+
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     """``images [B, C, H, W]`` (H, W multiples of ``patch``) -> ``[B, H/p * W/p, p * p * C]``, patches in
@@ -45,11 +47,4 @@ class PixelReconstructionLoss(nn.Module):
         """Scalar loss from ``predicted [B, T, p * p * C]``, the student's input ``images [B, C, H, W]`` and
         ``masks [B, T]`` (True: hidden from the student). Per-token mean squared error, averaged per image over
         its masked tokens, then over the images with at least one (as the iBOT loss weighs images)."""
-        masks = masks.bool()
-        token_loss = (predicted - self.targets(images)).pow(2).mean(-1)  # [B, T]
-        token_loss = torch.where(masks, token_loss, torch.zeros_like(token_loss))
-        n_masked = masks.sum(1)
-        has_mask = n_masked > 0
-        if not bool(has_mask.any()):
-            return predicted.sum() * 0.0  # keeps the graph connected for backward()
-        return (token_loss.sum(1)[has_mask] / n_masked[has_mask].to(token_loss.dtype)).mean()
+        return masked_token_mean((predicted - self.targets(images)).pow(2).mean(-1), masks)
