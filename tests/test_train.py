@@ -169,3 +169,25 @@ def test_missing_checkpoint_and_missing_data_exit_with_code_2(tiny_coco, tmp_pat
                        "--train_images", str(tmp_path), "--train_annotations", str(tmp_path / "none.json")])
     assert code == 2
     assert "none.json" in capsys.readouterr().err
+
+
+def test_only_evaluate_applies_a_soft_nms_sigma_given_on_the_command_line(one_epoch_run, tiny_coco, tmp_path):
+    """Post-processing settings given with --only_evaluate score the checkpoint's weights with them; the rest
+    of the model comes from the checkpoint (its sigma, 0, when none is given)."""
+    from dino_detector.config import Config
+
+    code, out = one_epoch_run
+    assert code == 0
+    common = ["--only_evaluate", "--checkpoint", str(out / "dino_detector_final.pth"), "--val_images",
+              str(tiny_coco["images"]), "--val_annotations", str(tiny_coco["annotations"]), "--image_size", "96",
+              "--batch_size", "4", "--device", "cpu", "--num_workers", "0"]
+    scores = {}
+    for sigma in (None, 0.5):
+        folder = tmp_path / f"sigma_{sigma}"
+        flags = [] if sigma is None else ["--soft_nms_sigma", str(sigma)]
+        assert train_main([*common, *flags, "--output_dir", str(folder)]) == 0
+        assert Config.load(folder / "config.yaml").model.soft_nms_sigma == (sigma or 0.0)
+        scores[sigma] = sorted(p["score"] for p in load_json(folder / "val_predictions_final.json"))
+    assert scores[None] == sorted(p["score"] for p in load_json(out / "val_predictions_final.json"))
+    assert len(scores[0.5]) == len(scores[None])  # decayed, not dropped
+    assert sum(scores[0.5]) < sum(scores[None]) - 1e-3  # near-duplicates' scores decayed

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 DEBUG_EVAL_EVERY = 10  # --debug validates this often: enough to watch convergence, cheap on the small subset
 PRETRAINED_BACKBONE_LR_FACTOR = 0.1  # pretrained backbone weights are adapted gently; random ones learn like the head
 SIZE_FIELDS = ("image_size", "min_size", "max_size")
+# model settings that change only the post-processing, not the weights: --only_evaluate takes them from the
+# command line when given there (else from the checkpoint), so a trained model can be scored with each
+POSTPROCESS_FIELDS = ("soft_nms_sigma",)
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,8 @@ def resolve_run(config: Config, *, classes: tuple[list[int], list[str]] | None =
             raise ValueError("--only_evaluate needs --checkpoint with a trained model")
         saved = checkpoint_settings(checkpoint)
         m, resize = saved_model_settings(saved)  # the architecture of the trained model; weights from the file
-        m = resolve_backbone(m)
+        given = {k: getattr(config.model, k) for k in POSTPROCESS_FIELDS if k in config.given}
+        m = resolve_backbone(dataclasses.replace(m, **given))
         if not config.given & set(SIZE_FIELDS):  # evaluate at the sizes it was trained with
             d = dataclasses.replace(d, **dataclasses.asdict(resize))
     else:
