@@ -192,7 +192,8 @@ class Pretrainer:
         if m.vicreg_weight > 0:
             terms["vicreg"], vic = self.vicreg(*s_emb.chunk(2))
             terms.update({f"vicreg_{k}": v.detach() for k, v in vic.items()})
-        weights = {"dino": m.dino_weight, "ibot": m.ibot_weight, "mim": m.mim_weight, "koleo": m.koleo_weight, "vicreg": m.vicreg_weight}
+        weights = {"dino": m.dino_weight, "ibot": m.ibot_weight, "mim": m.mim_weight, "koleo": m.koleo_weight,
+                   "vicreg": m.vicreg_weight}
         loss = sum(terms[k] * w for k, w in weights.items() if k in terms)
         for group in self.optimizer.param_groups:
             group["lr"], group["weight_decay"] = values["lr"], values["weight_decay"]
