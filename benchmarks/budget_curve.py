@@ -22,6 +22,7 @@ boxes: about one large object per image, one class), whose COCO files are writte
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -104,6 +105,9 @@ def read_runs(out: Path) -> list[dict]:
 
 def sweep(args) -> None:
     """Every (dataset, budget, detector, seed) not yet in runs.jsonl, one subprocess at a time."""
+    if "yolov8n" in args.detectors and importlib.util.find_spec("ultralytics") is None:
+        raise SystemExit("budget_curve: the yolov8n runs need ultralytics, from the bench extra: "
+                         ".venv/bin/python -m pip install -e '.[bench]'")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     done = {run_key(r) for r in read_runs(out)}

@@ -55,9 +55,9 @@ def test_every_flag_the_readme_names_exists(capsys):
     known = set()
     for module in (train, download, info, demo, pretrain, analyze, predict, export):
         known |= help_flags(module.main, capsys)
-    from benchmarks import run as bench_run  # the README's benchmark suite line
+    from benchmarks import budget_curve, run as bench_run  # the README's benchmark lines
 
-    known |= help_flags(bench_run.main, capsys)
+    known |= help_flags(bench_run.main, capsys) | help_flags(budget_curve.main, capsys)
     from torch.distributed.run import get_args_parser  # the README's torchrun lines
 
     known |= set(get_args_parser()._option_string_actions)

@@ -355,3 +355,26 @@ def test_pixel_reconstruction_loss_scores_masked_patches_only(norm_pix) -> None:
     if norm_pix:  # a patch's brightness and contrast are not asked for: only its structure
         brighter = images * 3.0 + 0.5
         assert loss_fn(pred, brighter, masks).item() == pytest.approx(loss.item(), rel=1e-4)
+
+
+def test_student_skips_the_patch_head_where_no_patch_loss_reads_it() -> None:
+    """Local crops (and every view without iBOT) ask for no patch logits: the head is not run on their tokens,
+    and the CLS outputs are the same to the bit as with the patch logits computed."""
+    from dino_detector.backbones.vit import load_vit
+    from dino_detector.config.pretrain import MethodConfig
+    from dino_detector.ssl.pretrainer import Student
+
+    torch.manual_seed(0)
+    method = MethodConfig()
+    student = Student(load_vit("flexible-tiny"), method).eval()
+    calls = []
+    student.head.register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape)))
+    views = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        emb, cls_logits, patch_logits, pixels = student(views)
+        lean = student(views, patch_logits=False)
+    tokens = (96 // student.encoder.config.patch_size) ** 2
+    assert patch_logits.shape == (2, tokens, method.out_dim) and pixels is None
+    assert calls == [(2, tokens, 192), (2, 192), (2, 192)]  # the lean call ran the head on the CLS tokens only
+    assert lean[2] is None
+    assert torch.equal(lean[0], emb) and torch.equal(lean[1], cls_logits)

@@ -90,13 +90,16 @@ class Student(torch.nn.Module):
         self.pixel_head = (torch.nn.Linear(encoder.config.hidden_size, patch * patch * 3)
                            if method.mim_weight > 0 else None)
 
-    def forward(self, pixels: torch.Tensor, masks: torch.Tensor | None = None):
+    def forward(self, pixels: torch.Tensor, masks: torch.Tensor | None = None, patch_logits: bool = True):
         """pixels [N, 3, s, s] normalised, masks [N, T] -> (CLS embedding [N, D], CLS logits [N, K], patch logits
-        [N, T, K], predicted pixels [N, T, p * p * 3] of every patch, or None without masks or pixel head)."""
+        [N, T, K] or None when not ``patch_logits``, predicted pixels [N, T, p * p * 3] of every patch, or None
+        without masks or pixel head). The patch head runs on every token (36 per 96-px view at patch 16), so
+        views that no patch loss scores (local crops, or all views without iBOT) skip it."""
         tokens = self.encoder(pixel_values=pixels, bool_masked_pos=masks).last_hidden_state
         cls, patches = tokens[:, 0], tokens[:, self.prefix:]
         reconstructed = self.pixel_head(patches) if self.pixel_head is not None and masks is not None else None
-        return cls, self.head(cls), (self.patch_head or self.head)(patches), reconstructed
+        patch_out = (self.patch_head or self.head)(patches) if patch_logits else None
+        return cls, self.head(cls), patch_out, reconstructed
 
 
 def schedules(cfg: PretrainConfig, total_steps: int, budget_s: float) -> dict[str, Schedule]:
@@ -170,20 +173,21 @@ class Pretrainer:
             masks = batch_masks(g.shape[0], grid, grid, tuple(m.mask_ratio), m.mask_probability,
                                 self.mask_generator).to(self.device)
         temp = values["teacher_temp"]
+        ibot = m.ibot_weight > 0
         with torch.no_grad():
-            _, t_cls, t_patch, _ = self.teacher(g)
+            _, t_cls, t_patch, _ = self.teacher(g, patch_logits=ibot)
             if m.centering == "sinkhorn":
                 t_probs = self.dino_loss.sinkhorn_knopp(t_cls, temp)
             else:
                 t_probs = self.dino_loss.teacher_probs(t_cls, temp)
-            t_patch_probs = self.ibot_loss.teacher_probs(t_patch, temp)
-        s_emb, s_cls, s_patch, s_pixels = self.ddp(g, masks)
+            t_patch_probs = self.ibot_loss.teacher_probs(t_patch, temp) if ibot else None
+        s_emb, s_cls, s_patch, s_pixels = self.ddp(g, masks, patch_logits=ibot)
         student_logits = list(s_cls.chunk(2))
         if locals_:
-            _, l_cls, _, _ = self.ddp(torch.cat([self._normalise(v) for v in locals_]))
+            _, l_cls, _, _ = self.ddp(torch.cat([self._normalise(v) for v in locals_]), patch_logits=False)
             student_logits += list(l_cls.chunk(len(locals_)))
         terms = {"dino": self.dino_loss(student_logits, list(t_probs.chunk(2)))}
-        if m.ibot_weight > 0:
+        if ibot:
             terms["ibot"] = self.ibot_loss(s_patch, t_patch_probs, masks)
         if m.mim_weight > 0:
             terms["mim"] = self.mim_loss(s_pixels, g, masks)
@@ -213,7 +217,7 @@ class Pretrainer:
             t_params, s_params = list(self.teacher.parameters()), list(self.student.parameters())
             torch._foreach_lerp_(t_params, s_params, 1.0 - values["momentum"])
             self.dino_loss.update_center(t_cls)
-            if masks is not None and m.ibot_weight > 0:
+            if masks is not None and ibot:
                 self.ibot_loss.update_center(t_patch, masks)
             # collapse monitor: per-dimension std of the L2-normalised embeddings (0 when collapsed,
             # about 1/sqrt(D) when spread out)
