@@ -93,7 +93,7 @@ class Student(torch.nn.Module):
     def forward(self, pixels: torch.Tensor, masks: torch.Tensor | None = None, patch_logits: bool = True):
         """pixels [N, 3, s, s] normalised, masks [N, T] -> (CLS embedding [N, D], CLS logits [N, K], patch logits
         [N, T, K] or None when not ``patch_logits``, predicted pixels [N, T, p * p * 3] of every patch, or None
-        without masks or pixel head). The patch head runs on every token (36 per 96-px view at patch 16), so
+        without masks or pixel head). The patch head runs on every patch token of a view, so
         views that no patch loss scores (local crops, or all views without iBOT) skip it."""
         tokens = self.encoder(pixel_values=pixels, bool_masked_pos=masks).last_hidden_state
         cls, patches = tokens[:, 0], tokens[:, self.prefix:]
