@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import torch
@@ -19,27 +18,46 @@ from dino_detector.runtime.checkpoint import load_checkpoint, remove_stale_tempo
 EPOCHS = 4
 
 
-def train_cmd(tiny_coco, out: Path, *extra: str) -> list[str]:
+def train_args(tiny_coco, out: Path, *extra: str) -> list[str]:
     images, ann = str(tiny_coco["images"]), str(tiny_coco["annotations"])
     # batch 1: 16 steps per epoch, long enough to be killed in the middle of one; flip and colour jitter on,
     # so the random state must be restored too
-    return [sys.executable, "-m", "dino_detector.train", "--train_images", images, "--train_annotations", ann,
+    return ["--train_images", images, "--train_annotations", ann,
             "--val_images", images, "--val_annotations", ann, "--dino_model", "tiny", "--no_pretrained",
             "--image_size", "96", "--num_queries", "10", "--decoder_layers", "1", "--device", "cpu",
             "--num_workers", "0", "--batch_size", "1", "--epochs", str(EPOCHS), "--checkpoint_every", "1",
             "--eval_every", "2", "--output_dir", str(out), *extra]
 
 
+def train_cmd(tiny_coco, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dino_detector.train", *train_args(tiny_coco, out, *extra)]
+
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> float:
-    start = time.time()
-    while not path.exists():
-        assert proc.poll() is None, f"training ended before {path.name} appeared"
-        assert time.time() - start < timeout, f"{path.name} did not appear"
-        time.sleep(0.05)
-    return time.time()
+STEPS_PER_EPOCH = 16
+KILL_AFTER_STEP = 2 * STEPS_PER_EPOCH + STEPS_PER_EPOCH // 2  # the middle of epoch 3
+
+
+def run_and_kill_itself(args: list[str], after_step: int) -> subprocess.CompletedProcess:
+    """Run training with these arguments in a process that SIGKILLs itself right after its ``after_step``-th optimiser
+    step: a global optimiser hook counts steps, so the kill lands at the same place on a fast or a slow machine
+    (a timer from outside once landed after epoch 3 had ended when other tests freed the cores)."""
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+        from dino_detector.train import main
+        steps = 0
+        def die_after_{after_step}(optimizer, args, kwargs):
+            global steps
+            steps += 1
+            if steps == {after_step}:
+                os.kill(os.getpid(), signal.SIGKILL)
+        register_optimizer_step_post_hook(die_after_{after_step})
+        sys.exit(main({args!r}))
+    """)
+    return subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, timeout=600)
 
 
 def test_sigkill_in_epoch_3_then_resume_matches_an_uninterrupted_run(tiny_coco, tmp_path):
@@ -47,17 +65,8 @@ def test_sigkill_in_epoch_3_then_resume_matches_an_uninterrupted_run(tiny_coco, 
     subprocess.run(train_cmd(tiny_coco, straight), env=ENV, check=True, capture_output=True, timeout=600)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(tiny_coco, killed), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    t1 = wait_for(killed / "dino_detector_epoch_1.pth", proc)
-    t2 = wait_for(killed / "dino_detector_epoch_2.pth", proc)
-    # epoch 3 starts when epoch 2's evaluation has written its metrics; kill it after about half as long as
-    # epoch 2 trained (timing from that event, not from the checkpoint, so a slow evaluation or a machine
-    # that speeds up between epochs cannot push the kill past the end of epoch 3)
-    wait_for(killed / "val_metrics_epoch_2.json", proc)
-    time.sleep(0.5 * (t2 - t1))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = run_and_kill_itself(train_args(tiny_coco, killed), KILL_AFTER_STEP)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert not (killed / "dino_detector_epoch_3.pth").exists(), "the kill came too late to be mid-epoch 3"
     assert load_checkpoint(killed / "dino_detector_last.pth")["epoch"] == 1  # 0-based: epoch 2 finished
 
@@ -65,12 +74,12 @@ def test_sigkill_in_epoch_3_then_resume_matches_an_uninterrupted_run(tiny_coco, 
                    check=True, capture_output=True, timeout=600)
     a = load_checkpoint(straight / "dino_detector_final.pth")
     b = load_checkpoint(killed / "dino_detector_final.pth")
-    assert a["step"] == b["step"] == EPOCHS * 16
+    assert a["step"] == b["step"] == EPOCHS * STEPS_PER_EPOCH
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     metrics_a = json.loads((straight / "val_metrics_final.json").read_text())
     metrics_b = json.loads((killed / "val_metrics_final.json").read_text())
-    assert metrics_a.pop("step") == metrics_b.pop("step") == EPOCHS * 16
+    assert metrics_a.pop("step") == metrics_b.pop("step") == EPOCHS * STEPS_PER_EPOCH
     metrics_a.pop("train_seconds"), metrics_b.pop("train_seconds")  # wall-clock: differs by nature
     assert metrics_a == metrics_b
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
