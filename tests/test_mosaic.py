@@ -60,10 +60,12 @@ def test_every_mosaic_box_stays_on_its_object(specs, side, seed):
     torch.manual_seed(seed)
     out = compose_mosaic(parts, side)
     image, boxes, labels = out.image, out.boxes, out.labels
-    s = image.shape[-1]
-    assert image.shape == (3, s, s) and side <= s <= 2 * side
-    assert len(boxes) == len(labels) and (boxes[:, 0::2] >= 0).all() and (boxes[:, 0::2] <= s).all()
-    assert (boxes[:, 1::2] >= 0).all() and (boxes[:, 1::2] <= s).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+    h, w = image.shape[-2:]
+    first_h, first_w = specs[0][:2]
+    assert side <= max(h, w) <= 2 * side and (h > w) == (first_h > first_w)  # the first image's shape
+    assert abs(min(h, w) / max(h, w) - min(first_h, first_w) / max(first_h, first_w)) <= 1 / max(h, w)
+    assert len(boxes) == len(labels) and (boxes[:, 0::2] >= 0).all() and (boxes[:, 0::2] <= w).all()
+    assert (boxes[:, 1::2] >= 0).all() and (boxes[:, 1::2] <= h).all() and (boxes[:, 2:] > boxes[:, :2]).all()
     assert len(set(labels.tolist())) == len(labels)  # one box per object
     for box, label in zip(boxes, labels.tolist()):
         x0, y0, x1, y1 = box.tolist()
@@ -183,6 +185,53 @@ def test_training_sampler_carries_the_schedule_with_each_index():
     sampler.strong = False
     items = list(sampler)
     assert sorted(i for i, _ in items) == list(range(10)) and {s for _, s in items} == {False}
+
+
+def batch_sizes_of(items: list[tuple], batch_size: int) -> list[set[float]]:
+    return [{f for _, _, f in items[k:k + batch_size]} for k in range(0, len(items), batch_size)]
+
+
+def test_the_sampler_draws_one_training_size_per_batch_the_same_on_every_process_and_after_a_resume():
+    jitter = DataConfig(image_size=96, scale_jitter=0.25)
+    ranks = [ResumableSampler(list(range(20)), num_replicas=2, rank=r, shuffle=True, seed=3, batch_size=3,
+                              sizes=jitter) for r in (0, 1)]
+    for sampler in ranks:
+        sampler.set_epoch(1)
+        sampler.strong = True
+    items = [list(s) for s in ranks]
+    per_batch = [batch_sizes_of(i, 3) for i in items]
+    assert [len(b) for b in per_batch[0]] == [1, 1, 1, 1]  # 10 indices per process: batches of 3, 3, 3, 1
+    factors = [f for (f,) in per_batch[0]]
+    assert per_batch[1] == per_batch[0]  # the two processes train each step at one size
+    assert all(0.75 <= f <= 1.25 for f in factors) and len(set(factors)) == 4
+    resumed = ranks[0]
+    resumed.set_epoch(1)
+    resumed.skip = 6  # a checkpoint written after two steps of batch 3
+    assert list(resumed) == items[0][6:]
+    resumed.set_epoch(2)
+    assert batch_sizes_of(list(resumed), 3) != per_batch[0]  # another epoch, other sizes
+    resumed.strong = False  # the end of training: evaluation's size, no third element
+    assert {len(item) for item in resumed} == {2}
+    plain = ResumableSampler(list(range(6)), num_replicas=1, rank=0, shuffle=True, seed=0, batch_size=2,
+                             sizes=DataConfig(image_size=96))
+    plain.strong = True
+    assert {f for _, _, f in plain} == {1.0}  # no multi-scale, no jitter: the evaluation size
+
+
+def test_images_of_a_training_batch_share_one_size(rectangles_coco):
+    from dino_detector.data.build import make_loader
+    folder, ann = rectangles_coco
+    cfg = DataConfig(image_size=96, scale_jitter=0.3, mosaic_prob=0.5, color_jitter=0.0)
+    data = CocoDetection(folder, ann, cfg, train=True)
+    loader = make_loader(data, batch_size=4, num_workers=0, device=torch.device("cpu"), shuffle=True, seed=0,
+                         sizes=cfg)
+    loader.sampler.strong = True
+    torch.manual_seed(0)
+    sides = []
+    for images, _ in loader:
+        assert len({tuple(image.shape[-2:]) for image in images}) == 1  # mosaics take the images' 4:3 shape
+        sides.append(max(images[0].shape[-2:]))
+    assert len(sides) == 2 and all(67 <= s <= 125 for s in sides) and sides[0] != sides[1]  # 96 x [0.7, 1.3]
 
 
 def test_a_run_trains_with_mosaic_and_turns_strong_augmentation_off_for_its_last_epochs(tiny_coco, tmp_path, caplog):

@@ -169,7 +169,11 @@ def train_for_budget(variant: str, data: BccdData, minutes: float, out_dir: Path
     if train_main(argv) != 0:
         raise RuntimeError(f"dino_detector.train failed for {variant}: {' '.join(argv)}")
     out = Path(out_dir)
-    results = json.loads((out / "val_predictions_final.json").read_text())
+    # with --ema the averaged weights are the run's result (as YOLO's are); the raw weights' AP goes in the notes
+    ema = out / "val_predictions_ema_final.json"
+    results = json.loads((ema if ema.exists() else out / "val_predictions_final.json").read_text())
+    raw = (f"; raw weights AP {json.loads((out / 'val_metrics_final.json').read_text())['AP']:.4f}"
+           if ema.exists() else "")
     curve = []
     for path in sorted(out.glob("val_metrics_*.json")):
         metrics = json.loads(path.read_text())
@@ -177,7 +181,7 @@ def train_for_budget(variant: str, data: BccdData, minutes: float, out_dir: Path
             curve.append((metrics["train_seconds"], metrics["AP"], "dino_detector"))
     history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
     return BudgetRun(results=results, curve=sorted(curve), steps=_steps(out),
-                     notes=f"{' '.join(argv)}; {len(history)} epochs, {time.time() - started:.0f} s with evaluation")
+                     notes=f"{' '.join(argv)}; {len(history)} epochs, {time.time() - started:.0f} s with evaluation{raw}")
 
 
 def _steps(out: Path) -> int:

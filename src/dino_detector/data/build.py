@@ -21,10 +21,11 @@ from .formats import FORMATS, detect_format, read_voc, read_yolo
 from .images import folder_image_id, list_images, load_image, to_tensor_image
 from .layout import SPLITS, detect_layout
 from .splits import split_off_validation
-from .transforms import Resize, resize_for_inference
+from .transforms import Resize, resize_for_inference, size_factors
 
 log = logging.getLogger(__name__)
 COCO_SPLITS = ("train", "val")
+SIZE_SEED_OFFSET = 7919  # the batch sizes' random stream starts apart from the shuffle's (seed + epoch)
 
 
 @dataclass
@@ -213,19 +214,29 @@ class ResumableSampler(DistributedSampler):
     checkpoint written mid-epoch continues with the batches it had not trained on, without reading (and
     augmenting) the ones it had. The skip applies to one epoch, then resets. With ``strong`` set (True /
     False, by the trainer at each epoch) it yields ``(index, strong)``: the sampler runs in the main process,
-    so the augmentation schedule reaches worker processes with each index."""
+    so the augmentation schedule reaches worker processes with each index. With ``sizes`` (the data settings)
+    and ``strong`` True it yields ``(index, True, size_factor)``, one factor per ``batch_size`` indices, drawn
+    from (seed, epoch): all images of a step share one training size, on every process, and a resumed epoch
+    draws the sizes the uninterrupted one did."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, batch_size: int = 1, sizes: DataConfig | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.skip = 0
         self.strong: bool | None = None
+        self.batch_size, self.sizes = batch_size, sizes
 
     def __iter__(self):
-        indices = list(super().__iter__())[self.skip:]
-        self.skip = 0
-        if self.strong is not None:
-            return iter([(i, self.strong) for i in indices])
-        return iter(indices)
+        indices = list(super().__iter__())
+        if self.strong and self.sizes is not None:
+            generator = torch.Generator().manual_seed(SIZE_SEED_OFFSET + self.seed + self.epoch)
+            factors = size_factors(self.sizes, -(-len(indices) // self.batch_size), generator)
+            items = [(i, True, factors[k // self.batch_size]) for k, i in enumerate(indices)]
+        elif self.strong is not None:
+            items = [(i, self.strong) for i in indices]
+        else:
+            items = indices
+        items, self.skip = items[self.skip:], 0
+        return iter(items)
 
     def __len__(self) -> int:
         return super().__len__() - self.skip
@@ -240,14 +251,16 @@ class ResumableSampler(DistributedSampler):
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, num_workers: int, device: torch.device, shuffle: bool,
-                seed: int, rank: int = 0, world: int = 1) -> DataLoader:
+                seed: int, rank: int = 0, world: int = 1, sizes: DataConfig | None = None) -> DataLoader:
     """Training (``shuffle``): a DistributedSampler, also for one process, so the order of an epoch is a
     function of (seed, epoch) alone and process r of W takes every W-th image of it: W processes with
     batch b see the same images per step as one process with batch W x b. Evaluation:
-    strided shards without padding (every image predicted once). The trainer calls ``sampler.set_epoch``."""
+    strided shards without padding (every image predicted once). The trainer calls ``sampler.set_epoch``.
+    ``sizes``: the data settings whose multi-scale / scale jitter the training sampler draws per batch."""
     workers = resolve_num_workers(num_workers, device)
     if shuffle:
-        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                   batch_size=batch_size, sizes=sizes)
     else:
         sampler = ShardSampler(len(dataset), rank, world)
     generator = torch.Generator().manual_seed(seed)  # worker seeds; reseeded every epoch

@@ -250,13 +250,14 @@ class CocoDetection(Dataset):
     def image_path(self, index: int) -> Path:
         return self.images_dir / self.coco.imgs[self.ids[index]]["file_name"]
 
-    def __getitem__(self, index: int | tuple[int, bool]):
-        """``index``, or ``(index, strong)`` from the training sampler: ``strong`` False turns mosaic, crop,
-        rotation and size changes off (the end of training, ``strong_aug_off_fraction``)."""
-        index, strong = index if isinstance(index, tuple) else (index, True)
+    def __getitem__(self, index: int | tuple):
+        """``index``, or ``(index, strong[, size_factor])`` from the training sampler: ``strong`` False turns
+        mosaic, crop, rotation and size changes off (the end of training, ``strong_aug_off_fraction``);
+        ``size_factor`` is the size of the image's batch (else drawn per image)."""
+        index, strong, size_factor = (*index, None)[:3] if isinstance(index, tuple) else (index, True, None)
         for step in range(len(self)):
             try:
-                return self._item((index + step) % len(self), strong)
+                return self._item((index + step) % len(self), strong, size_factor)
             except ImageReadError as err:  # the message names the file
                 if not self.train:
                     raise  # evaluating a substitute would score the wrong image
@@ -269,7 +270,7 @@ class CocoDetection(Dataset):
         image = to_tensor_image(load_image(self.image_path(index)))
         return MosaicPart(image, *self.targets[self.ids[index]])
 
-    def _item(self, index: int, strong: bool = True):
+    def _item(self, index: int, strong: bool = True, size_factor: float | None = None):
         image_id = self.ids[index]
         cfg = self.transform.cfg
         if self.train and strong and cfg.mosaic_prob > 0 and torch.rand(()).item() < cfg.mosaic_prob:
@@ -281,7 +282,7 @@ class CocoDetection(Dataset):
             part = self._part(index)
         image, labels = part.image, part.labels
         orig_size = tuple(image.shape[-2:])
-        image, boxes = self.transform(image, part.boxes, strong)
+        image, boxes = self.transform(image, part.boxes, strong, size_factor)
         h, w = image.shape[-2:]
         # flips / resizes can leave slivers: drop boxes that lost their area
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])

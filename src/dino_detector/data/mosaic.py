@@ -4,8 +4,10 @@ gives it.
 
 The four images are resized to the training size ``side`` (their longer side), placed around a random
 centre of a ``2 side`` square canvas (top-left, top-right, bottom-left, bottom-right: each one's corner
-touches the centre), and a square window of ``zoom x 2 side`` (``zoom`` drawn from ``zoom_range``) that
-contains the centre is cut out. The usual pipeline then resizes that window to ``side``: at zoom 0.5 the
+touches the centre), and a window that contains the centre is cut out: its longer side ``zoom x 2 side``
+(``zoom`` drawn from ``zoom_range``), its shape the first image's, so that a batch of mosaics and plain images
+of one shape needs no padding (a square mosaic among 4:3 images made the whole batch square, 1.33x the
+pixels). The usual pipeline then resizes that window to ``side``: at zoom 0.5 the
 objects keep their scale (YOLO's mosaic), at 1 they are halved and four images' objects share one step
 (DEIM's). Boxes are clipped to what stays visible of their image; a box keeps its object only when at least
 ``min_visible`` of its area does and it is at least 2 px wide and high, so every box lies on its own object.
@@ -42,8 +44,8 @@ def _resized(part: MosaicPart, side: int) -> MosaicPart:
 
 def compose_mosaic(parts: list[MosaicPart], side: int, zoom_range: tuple[float, float] = (0.5, 1.0),
                    min_visible: float = 0.25) -> MosaicPart:
-    """Four parts -> one mosaic (image [3, s, s] with s = round(zoom x 2 side), boxes xyxy on it, labels).
-    Random draws use torch's generator (a seeded run repeats exactly)."""
+    """Four parts -> one mosaic (image [3, h, w] with max(h, w) = round(zoom x 2 side) and the first part's
+    aspect ratio, boxes xyxy on it, labels). Random draws use torch's generator (a seeded run repeats exactly)."""
     if len(parts) != 4:
         raise ValueError(f"a mosaic takes 4 images, got {len(parts)}")
     if not 0 < zoom_range[0] <= zoom_range[1] <= 1:
@@ -67,16 +69,19 @@ def compose_mosaic(parts: list[MosaicPart], side: int, zoom_range: tuple[float, 
         shifted = part.boxes + torch.tensor([x0, y0, x0, y0], dtype=part.boxes.dtype)
         boxes.append(_clip(shifted, (px0, py0, px1, py1)))
         labels.append(part.labels)
-    window = round(uniform(*zoom_range) * canvas_side)
+    longer = round(uniform(*zoom_range) * canvas_side)
+    first_h, first_w = parts[0].image.shape[-2:]
+    shorter = max(1, round(longer * min(first_h, first_w) / max(first_h, first_w)))
+    window_w, window_h = (longer, shorter) if first_w >= first_h else (shorter, longer)
     # the window holds the centre (all four images show) and stays on the canvas
-    left = int(torch.randint(max(0, cx - window), min(cx, canvas_side - window) + 1, ()))
-    top = int(torch.randint(max(0, cy - window), min(cy, canvas_side - window) + 1, ()))
-    image = canvas[:, top:top + window, left:left + window]
+    left = int(torch.randint(max(0, cx - window_w), min(cx, canvas_side - window_w) + 1, ()))
+    top = int(torch.randint(max(0, cy - window_h), min(cy, canvas_side - window_h) + 1, ()))
+    image = canvas[:, top:top + window_h, left:left + window_w]
     all_boxes = torch.cat(boxes) if boxes else torch.zeros(0, 4)
     all_labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
     before = _area(all_boxes)
     offset = torch.tensor([left, top, left, top], dtype=all_boxes.dtype)
-    clipped = _clip(all_boxes, (left, top, left + window, top + window)) - offset
+    clipped = _clip(all_boxes, (left, top, left + window_w, top + window_h)) - offset
     keep = ((_area(clipped) >= min_visible * before) & (clipped[:, 2] - clipped[:, 0] >= MIN_SIDE_PX)
             & (clipped[:, 3] - clipped[:, 1] >= MIN_SIDE_PX))
     # the area test compares with the box as placed on the canvas, so an image half outside the canvas

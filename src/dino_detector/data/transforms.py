@@ -5,7 +5,9 @@ Training augmentation, each switched by the config (``data`` section): random cr
 step 32 as fractions of the evaluation size, so with ``--image_size`` they scale down with it), horizontal
 flip (``hflip_prob``; ``--no_flip`` turns it off), colour jitter, and small rotations (``rotation_degrees``)
 after which every box is re-fitted around its rotated corners and clipped to the image; scale jitter
-(``scale_jitter`` j: the size times U[1 - j, 1 + j], a continuous alternative to ``multi_scale``). Mosaic
+(``scale_jitter`` j: the size times U[1 - j, 1 + j], a continuous alternative to ``multi_scale``); in training
+the sampler draws the size once per batch, as YOLO and RT-DETR do, so a batch is never padded to its largest
+member (per-image sizes cost up to ~1.4x the pixels at scale_jitter 0.25, 2026-12-03). Mosaic
 composition happens a step before, in the dataset (mosaic.py). The strong part (crop, rotation, size changes:
 ``strong=False`` turns it off for the end of training, ``strong_aug_off_fraction``) is told apart from the
 light part (flip, colour) that stays on to the end.
@@ -60,6 +62,18 @@ def uniform(low: float, high: float) -> float:
     return low + (high - low) * torch.rand(()).item()
 
 
+def size_factors(cfg: DataConfig, count: int, generator: torch.Generator | None = None) -> list[float]:
+    """``count`` training sizes as factors of the evaluation size: multi-scale steps (``multi_scale``), scale
+    jitter draws (``scale_jitter``), or 1.0 when neither is set. The training sampler draws one per batch
+    (every image of a batch gets the same size, so nothing is padded); ``generator`` None: torch's global one."""
+    if cfg.multi_scale:
+        return [SCALE_FACTORS[i] for i in torch.randint(len(SCALE_FACTORS), (count,), generator=generator).tolist()]
+    if cfg.scale_jitter > 0:
+        j = cfg.scale_jitter
+        return (1 - j + 2 * j * torch.rand(count, generator=generator, dtype=torch.float64)).tolist()
+    return [1.0] * count
+
+
 class DetectionTransform:
     """image tensor [3, H, W] + boxes xyxy pixels -> resized (and, when training, augmented) pair. Random
     draws use torch's generator, so a seeded run repeats exactly."""
@@ -83,25 +97,21 @@ class DetectionTransform:
         top, left = int(torch.randint(h - ch + 1, ())), int(torch.randint(w - cw + 1, ()))
         return v2.functional.crop(image, top, left, ch, cw), v2.functional.crop(bxs, top, left, ch, cw)
 
-    def size_factor(self, strong: bool = True) -> float:
-        """The training size as a factor of the evaluation size: a multi-scale step or a scale-jitter draw."""
-        cfg = self.cfg
-        if not (self.train and strong):
-            return 1.0
-        if cfg.multi_scale:
-            return SCALE_FACTORS[int(torch.randint(len(SCALE_FACTORS), ()))]
-        if cfg.scale_jitter > 0:
-            return uniform(1 - cfg.scale_jitter, 1 + cfg.scale_jitter)
-        return 1.0
-
-    def __call__(self, image: torch.Tensor, boxes: torch.Tensor, strong: bool = True):
-        """``strong``: with crop, rotation and size changes (training only); flip and colour apply either way."""
+    def __call__(self, image: torch.Tensor, boxes: torch.Tensor, strong: bool = True,
+                 size_factor: float | None = None):
+        """``strong``: with crop, rotation and size changes (training only); flip and colour apply either way.
+        ``size_factor``: the training size as a factor of the evaluation size, drawn for the whole batch by the
+        sampler; None: drawn here for this image (``size_factors``). Ignored unless strong."""
         cfg = self.cfg
         strong = self.train and strong
+        if not strong:
+            size_factor = 1.0
+        elif size_factor is None:
+            size_factor = size_factors(cfg, 1)[0]
         bxs = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(image.shape[-2:]))
         if strong and cfg.crop_prob > 0 and torch.rand(()).item() < cfg.crop_prob:
             image, bxs = self._crop(image, bxs)
-        h, w = resize_shape(image.shape[-2], image.shape[-1], cfg, self.size_factor(strong))
+        h, w = resize_shape(image.shape[-2], image.shape[-1], cfg, size_factor)
         image, bxs = v2.functional.resize(image, [h, w], antialias=True), v2.functional.resize(bxs, [h, w])
         if self.light is not None:
             image, bxs = self.light(image, bxs)

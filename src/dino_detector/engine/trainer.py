@@ -208,7 +208,7 @@ class Trainer:
             return metrics
         loader = make_loader(self.train_set, batch_size=t.batch_size, num_workers=spec.data.num_workers,
                              device=self.device, shuffle=True, seed=t.seed, rank=self.run.dist.rank,
-                             world=self.run.dist.world_size)
+                             world=self.run.dist.world_size, sizes=spec.data)
         settings = StepSettings.of(t, self.amp_dtype)
         steps_per_epoch = math.ceil(len(loader) / settings.accum_steps)
         self.state.schedule = lr_schedule(kind=t.lr_schedule, epochs=t.epochs, steps_per_epoch=steps_per_epoch,
