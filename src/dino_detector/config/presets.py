@@ -37,12 +37,9 @@ PRESETS: dict[str, dict] = {
     # 128-wide decoder and 100 denoising queries in training. The best CPU recipe of issue 9 (BCCD AP 0.35
     # after 12 CPU minutes, YOLOv8n 0.28) with its batch 8, 384 px and lr 5e-4. Soft-NMS (sigma 0.5) on its
     # detections: after minutes of training its queries still return near-copies of one box (issue 25).
-    # DEIM's matchability-aware class loss (scores learn IoU^1.5 of their box): BCCD AP 0.548 against 0.537
-    # in 12 CPU minutes, APs 0.321 against 0.267 (issue 25, BENCHMARKS.md).
     "two-stage": {
         "dino_model": "flexible-tiny", "num_feature_levels": 4, "backbone_feature_layers": 3,
         "decoder_shared_values": True, "encoder_layers": 1, "two_stage": True, "hidden_dim": 128,
         "dim_feedforward": 512, "dn_queries": 100, "soft_nms_sigma": 0.5,
-        "iou_aware": True, "iou_aware_loss": "mal",
     },
 }
