@@ -70,6 +70,21 @@ def parse_settings(pairs: list[str]) -> dict:
     return out
 
 
+# settings that name the run's data or files rather than its recipe
+NOT_RECIPE = {"output_dir", "train_images", "train_annotations", "val_images", "val_annotations", "num_classes",
+              "class_names", "category_ids", "seed", "time_budget_min"}
+
+
+def recipe_settings(config_yaml: Path) -> dict:
+    """The recipe a run trained with: every setting of its saved, resolved ``config.yaml`` that differs from
+    the package defaults (so a preset's own values are recorded, not only the ``--set`` flags)."""
+    from dino_detector.config import Config, build_config
+
+    saved = Config.load(config_yaml).flat()
+    defaults = build_config().flat()
+    return {k: v for k, v in saved.items() if k not in NOT_RECIPE and defaults.get(k) != v}
+
+
 def run_key(run: dict) -> tuple:
     return run["dataset"], run["detector"], run["label"], float(run["minutes"]), int(run["seed"])
 
@@ -91,8 +106,9 @@ def train_one(args) -> dict:
         from .peers import yolo_peer
         run = yolo_peer.train_for_budget("yolov8n", data, args.minutes, folder, args.seed, val=False)
     metrics, _ = coco_evaluate(load_coco(str(data.val_json)), run.results)
+    resolved = recipe_settings(folder / "config.yaml") if args.detector == "ours" else {}
     return {"dataset": args.dataset, "detector": args.detector, "label": args.label, "minutes": args.minutes,
-            "seed": args.seed, "settings": parse_settings(args.set), "steps": run.steps,
+            "seed": args.seed, "settings": parse_settings(args.set), "resolved": resolved, "steps": run.steps,
             "wall_s": round(time.time() - started, 1), **{k: round(metrics[k], 4) for k in
                                                           ("AP", "AP50", "AP75", "APs", "APm", "APl")},
             "notes": run.notes}

@@ -54,3 +54,18 @@ def test_yolov8n_without_ultralytics_is_a_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"pip install -e '\.\[bench\]'"):
         budget_curve.main(["--out", str(tmp_path), "--detectors", "yolov8n"])
     assert not (tmp_path / "runs.jsonl").exists()
+
+
+def test_recipe_settings_record_what_the_preset_resolved_not_only_the_flags(tmp_path):
+    """A run's record names its preset's own values (MAL here), which ``--set`` alone would leave out."""
+    from dino_detector.config import build_config
+
+    path = tmp_path / "config.yaml"
+    build_config("two-stage", iou_aware=True, iou_aware_loss="mal", output_dir=str(tmp_path / "run"),
+                 seed=3).save(path)
+    recipe = budget_curve.recipe_settings(path)
+    assert recipe["preset"] == "two-stage"
+    assert recipe["dino_model"] == "flexible-tiny" and recipe["hidden_dim"] == 128  # from the preset
+    assert recipe["iou_aware"] is True and recipe["iou_aware_loss"] == "mal"
+    assert "output_dir" not in recipe and "seed" not in recipe  # where and which run, not the recipe
+    assert "lr" not in recipe  # equal to the default: not recorded

@@ -15,7 +15,7 @@ from dino_detector.data.build import ResumableSampler
 from dino_detector.data.coco import CocoDetection
 from dino_detector.data.mosaic import FILL, MosaicPart, compose_mosaic
 from dino_detector.data.transforms import DetectionTransform
-from dino_detector.runtime.schedule import Clock, off_for_final_share
+from dino_detector.runtime.schedule import Clock, off_for_final_share, strong_augmentation_window
 
 # eight colours, one per object of a mosaic (label k is drawn in PALETTE[k]): none is the grey background,
 # and any two differ by 0.6 in some channel
@@ -138,6 +138,20 @@ def test_strong_augmentation_is_off_for_the_final_share():
     assert off_for_final_share(1.0, epochs=4)(Clock(0, 0, 0.0)) == 0.0
 
 
+def test_strong_augmentation_starts_at_its_epoch_and_a_shorter_run_never_sees_it():
+    window = strong_augmentation_window(3, 0.25, epochs=8)
+    assert [window(Clock(0, e, 0.0)) for e in range(8)] == [False] * 3 + [True] * 3 + [False] * 2
+    by_time = strong_augmentation_window(2, 0.2, epochs=1000, budget_s=600.0)  # a 10-minute budget
+    assert not by_time(Clock(0, 1, 100.0)) and by_time(Clock(0, 2, 100.0)) and not by_time(Clock(0, 9, 480.0))
+    assert [strong_augmentation_window(0, 0.0, epochs=4)(Clock(0, e, 0.0)) for e in range(4)] == [True] * 4
+    late = strong_augmentation_window(6, 0.5, epochs=8)  # the final share starts before the start epoch
+    assert not any(late(Clock(0, e, 0.0)) for e in range(8))
+    with pytest.raises(ValueError, match="start epoch"):
+        strong_augmentation_window(-1, 0.1, epochs=4)
+    with pytest.raises(ValueError, match="strong_aug_start_epoch"):
+        DetectionTransform(DataConfig(strong_aug_start_epoch=-2), train=True)
+
+
 @pytest.fixture
 def rectangles_coco(tmp_path: Path) -> tuple[Path, Path]:
     """Eight 96 x 128 PNG images, each with two coloured rectangles, and their COCO file."""
@@ -234,7 +248,7 @@ def test_images_of_a_training_batch_share_one_size(rectangles_coco):
     assert len(sides) == 2 and all(67 <= s <= 125 for s in sides) and sides[0] != sides[1]  # 96 x [0.7, 1.3]
 
 
-def test_a_run_trains_with_mosaic_and_turns_strong_augmentation_off_for_its_last_epochs(tiny_coco, tmp_path, caplog):
+def test_a_run_trains_with_mosaic_after_its_first_epoch_and_turns_it_off_for_its_last_epochs(tiny_coco, tmp_path, caplog):
     import logging
     import math
 
@@ -248,9 +262,12 @@ def test_a_run_trains_with_mosaic_and_turns_strong_augmentation_off_for_its_last
                            "48", "--num_queries", "5", "--decoder_layers", "1", "--hidden_dim", "32", "--num_heads",
                            "2", "--dim_feedforward", "64", "--device", "cpu", "--num_workers", "0", "--batch_size",
                            "4", "--debug", "--debug_samples", "8", "--debug_epochs", "4", "--mosaic_prob", "1",
-                           "--scale_jitter", "0.2", "--strong_aug_off_fraction", "0.5", "--output_dir", str(out)])
+                           "--scale_jitter", "0.2", "--strong_aug_off_fraction", "0.5", "--strong_aug_start_epoch", "1",
+                           "--output_dir", str(out)])
     assert code == 0
-    switched = [r.getMessage() for r in caplog.records if "strong augmentation off" in r.getMessage()]
-    assert switched == ["strong augmentation off from epoch 3 (the last 50 % of training)"]
+    switched = [r.getMessage() for r in caplog.records if "strong augmentation" in r.getMessage()]
+    assert switched == ["strong augmentation off until epoch 2 (--strong_aug_start_epoch)",
+                        "strong augmentation on from epoch 2",
+                        "strong augmentation off from epoch 3 (the last 50 % of training)"]
     history = load_checkpoint(out / "dino_detector_final.pth")["history"]
     assert len(history) == 4 and all(math.isfinite(h["loss"]) for h in history)

@@ -99,6 +99,7 @@ class DataConfig(Settings):
     mosaic_prob: float = 0.0  # probability that a training item is a mosaic of 4 images (YOLO / DEIM), boxes carried
     mosaic_window: float = 0.5  # side of the window cut from the 2x canvas, as a fraction of it: 0.5 keeps object sizes and counts (YOLO), 1 halves sizes and packs 4 images' objects (DEIM)
     strong_aug_off_fraction: float = 0.0  # last share of training (epochs or time budget) without mosaic, crop, rotation, scale changes
+    strong_aug_start_epoch: int = 0  # epochs (from the start) without mosaic, crop, rotation, scale changes: a model learns the plain images first; a run that ends sooner never uses them
     num_workers: int = -1  # data-loading processes; -1: 0 on small CPU-only machines, else up to 8
     debug_samples: int = 32  # --debug: train (and validate) on this many training images
     use_coco_mini: bool = False  # a deterministic training subset (and a validation subset a fifth its size)

@@ -129,6 +129,7 @@ def check_augmentation(cfg: DataConfig) -> None:
               "mosaic_window": (cfg.mosaic_window, 0 < cfg.mosaic_window <= 1, "(0, 1]"),
               "strong_aug_off_fraction": (cfg.strong_aug_off_fraction, 0 <= cfg.strong_aug_off_fraction <= 1,
                                           "[0, 1]"),
+              "strong_aug_start_epoch": (cfg.strong_aug_start_epoch, cfg.strong_aug_start_epoch >= 0, "[0, inf)"),
               "crop_prob": (cfg.crop_prob, 0 <= cfg.crop_prob <= 1, "[0, 1]"),
               "hflip_prob": (cfg.hflip_prob, 0 <= cfg.hflip_prob <= 1, "[0, 1]")}
     for name, (value, ok, interval) in ranges.items():

@@ -22,7 +22,7 @@ from ..runtime.checkpoint import prune_epoch_checkpoints
 from ..runtime.device import resolve_amp
 from ..runtime.distributed import barrier, sum_across_processes
 from ..runtime.memory import memory_stats, reset_peak
-from ..runtime.schedule import Clock, off_for_final_share
+from ..runtime.schedule import Clock, strong_augmentation_window
 from ..spec import RunSpec, plan_run
 from .ema import ema_model
 from .epoch import EpochResult, StepSettings, TrainState, train_one_epoch
@@ -270,15 +270,29 @@ class Trainer:
         return epoch
 
     def _schedule_augmentation(self, sampler, epoch: int) -> None:
-        """Strong augmentation (mosaic, crop, rotation, size changes) for all but the last
-        ``strong_aug_off_fraction`` of training, in epochs or in the time budget's minutes (whichever is
-        further): the last epochs see images as evaluation does (YOLO's close-mosaic)."""
-        share = self.spec.data.strong_aug_off_fraction
-        switch = off_for_final_share(share, epochs=self.spec.train.epochs, budget_s=self.run.budget_s)
-        strong = switch(Clock(self.state.step, epoch, self.state.elapsed)) > 0
-        if sampler.strong and not strong:
-            log.info("strong augmentation off from epoch %d (the last %.0f %% of training)", epoch + 1, 100 * share)
+        """Strong augmentation (mosaic, crop, rotation, size changes) from epoch ``strong_aug_start_epoch`` to
+        all but the last ``strong_aug_off_fraction`` of training, in epochs or in the time budget's minutes
+        (whichever is further): the first epochs learn from plain images (DEIM), the last see images as
+        evaluation does (YOLO's close-mosaic)."""
+        d = self.spec.data
+        window = strong_augmentation_window(d.strong_aug_start_epoch, d.strong_aug_off_fraction,
+                                            epochs=self.spec.train.epochs, budget_s=self.run.budget_s)
+        strong = window(Clock(self.state.step, epoch, self.state.elapsed))
+        if strong != sampler.strong and self._strong_augmentation_used():
+            if strong:
+                log.info("strong augmentation on from epoch %d", epoch + 1)
+            elif epoch >= d.strong_aug_start_epoch:
+                log.info("strong augmentation off from epoch %d (the last %.0f %% of training)", epoch + 1,
+                         100 * d.strong_aug_off_fraction)
+            else:
+                log.info("strong augmentation off until epoch %d (--strong_aug_start_epoch)",
+                         d.strong_aug_start_epoch + 1)
         sampler.strong = strong
+
+    def _strong_augmentation_used(self) -> bool:
+        """Whether any strong augmentation is configured (else switching it says nothing worth a log line)."""
+        d = self.spec.data
+        return bool(d.mosaic_prob or d.crop_prob or d.rotation_degrees or d.scale_jitter or d.multi_scale)
 
     def _pace_hint(self, steps_per_epoch: int):
         """After the first steps on a CPU: what one epoch will take at the measured rate, and, unless the run

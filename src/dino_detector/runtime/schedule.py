@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 KINDS = ("constant", "cosine", "step")
 
@@ -92,3 +93,16 @@ def off_for_final_share(share: float, *, epochs: int, budget_s: float = 0.0) -> 
         return Schedule(0.0)
     return Schedule(1.0, kind="step", drop_epoch=max(1, math.ceil((1 - share) * epochs)), budget_s=budget_s,
                     drop_budget_fraction=1 - share, drop_factor=0.0)
+
+
+def strong_augmentation_window(start_epoch: int, off_share: float, *, epochs: int,
+                               budget_s: float = 0.0) -> Callable[[Clock], bool]:
+    """Whether strong augmentation is on at a clock: from epoch ``start_epoch`` (0-based; the first epochs learn
+    from plain images, as DEIM's warm-up without augmentation) until the last ``off_share`` of the run
+    (``off_for_final_share``). A run that ends before ``start_epoch`` never augments strongly: a short budget
+    is spent learning, not regularising."""
+    if start_epoch < 0:
+        raise ValueError(f"the start epoch must be >= 0, got {start_epoch}")
+    final = off_for_final_share(off_share, epochs=epochs, budget_s=budget_s)
+    return lambda clock: clock.epoch >= start_epoch and final(clock) > 0
+
