@@ -252,7 +252,7 @@ class CocoDetection(Dataset):
 
     def __getitem__(self, index: int | tuple):
         """``index``, or ``(index, strong[, size_factor])`` from the training sampler: ``strong`` False turns
-        mosaic, crop, rotation and size changes off (the end of training, ``strong_aug_off_fraction``);
+        mosaic, crop, rotation and size changes off (``strong_aug_start_epoch``, ``strong_aug_off_fraction``);
         ``size_factor`` is the size of the image's batch (else drawn per image)."""
         index, strong, size_factor = (*index, None)[:3] if isinstance(index, tuple) else (index, True, None)
         for step in range(len(self)):

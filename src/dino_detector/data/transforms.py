@@ -9,8 +9,8 @@ after which every box is re-fitted around its rotated corners and clipped to the
 the sampler draws the size once per batch, as YOLO and RT-DETR do, so a batch is never padded to its largest
 member (per-image sizes cost up to ~1.4x the pixels at scale_jitter 0.25, 2026-12-03). Mosaic
 composition happens a step before, in the dataset (mosaic.py). The strong part (crop, rotation, size changes:
-``strong=False`` turns it off for the end of training, ``strong_aug_off_fraction``) is told apart from the
-light part (flip, colour) that stays on to the end.
+``strong=False`` turns it off for the first epochs, ``strong_aug_start_epoch``, and the end of training,
+``strong_aug_off_fraction``) is told apart from the light part (flip, colour) that stays on to the end.
 """
 from __future__ import annotations
 
@@ -119,6 +119,11 @@ class DetectionTransform:
             image, bxs = self.rotate(image, bxs)
         bxs = v2.functional.clamp_bounding_boxes(bxs)  # crops and rotations leave boxes partly outside
         return image.clamp(0, 1), bxs.as_subclass(torch.Tensor)
+
+
+def uses_strong_augmentation(cfg: DataConfig) -> bool:
+    """Whether any of the strong part (mosaic, crop, rotation, size changes) is configured."""
+    return bool(cfg.mosaic_prob or cfg.crop_prob or cfg.rotation_degrees or cfg.scale_jitter or cfg.multi_scale)
 
 
 def check_augmentation(cfg: DataConfig) -> None:

@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..backbones.adapters import unfreeze
 from ..config import Config
 from ..data.build import build_datasets, evaluation_dataset, fetch_requested_data, make_loader
+from ..data.transforms import uses_strong_augmentation
 from ..losses.criterion import build_criterion
 from ..models.detector import ObjectDetector
 from ..models.persistence import load_detector_checkpoint, load_model_state
@@ -272,13 +273,13 @@ class Trainer:
     def _schedule_augmentation(self, sampler, epoch: int) -> None:
         """Strong augmentation (mosaic, crop, rotation, size changes) from epoch ``strong_aug_start_epoch`` to
         all but the last ``strong_aug_off_fraction`` of training, in epochs or in the time budget's minutes
-        (whichever is further): the first epochs learn from plain images (DEIM), the last see images as
+        (whichever comes first): the first epochs learn from plain images (DEIM), the last see images as
         evaluation does (YOLO's close-mosaic)."""
         d = self.spec.data
         window = strong_augmentation_window(d.strong_aug_start_epoch, d.strong_aug_off_fraction,
                                             epochs=self.spec.train.epochs, budget_s=self.run.budget_s)
         strong = window(Clock(self.state.step, epoch, self.state.elapsed))
-        if strong != sampler.strong and self._strong_augmentation_used():
+        if strong != sampler.strong and uses_strong_augmentation(d):  # else a switch changes nothing
             if strong:
                 log.info("strong augmentation on from epoch %d", epoch + 1)
             elif epoch >= d.strong_aug_start_epoch:
@@ -288,11 +289,6 @@ class Trainer:
                 log.info("strong augmentation off until epoch %d (--strong_aug_start_epoch)",
                          d.strong_aug_start_epoch + 1)
         sampler.strong = strong
-
-    def _strong_augmentation_used(self) -> bool:
-        """Whether any strong augmentation is configured (else switching it says nothing worth a log line)."""
-        d = self.spec.data
-        return bool(d.mosaic_prob or d.crop_prob or d.rotation_degrees or d.scale_jitter or d.multi_scale)
 
     def _pace_hint(self, steps_per_epoch: int):
         """After the first steps on a CPU: what one epoch will take at the measured rate, and, unless the run
