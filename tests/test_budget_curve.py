@@ -68,4 +68,5 @@ def test_recipe_settings_record_what_the_preset_resolved_not_only_the_flags(tmp_
     assert recipe["dino_model"] == "flexible-tiny" and recipe["hidden_dim"] == 128  # from the preset
     assert recipe["iou_aware"] is True and recipe["iou_aware_loss"] == "mal"
     assert "output_dir" not in recipe and "seed" not in recipe  # where and which run, not the recipe
-    assert "lr" not in recipe  # equal to the default: not recorded
+    assert recipe["batch_size"] == 4 and recipe["lr"] == 3.5e-4  # the preset's CPU batch and lr
+    assert "weight_decay" not in recipe and "decoder_layers" not in recipe  # equal to the defaults: not recorded

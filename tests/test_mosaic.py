@@ -99,6 +99,23 @@ def test_mosaic_is_seeded_and_checks_its_inputs():
         compose_mosaic(parts, 64, zoom_range=(0.0, 1.0))
 
 
+def test_uint8_mosaics_match_float_ones_with_a_mid_grey_fill():
+    """Training images stay uint8 until resized (data loading speed): a uint8 mosaic is the float one in
+    0..255, its canvas 128 (FILL), with the same boxes; parts of two dtypes are a ValueError."""
+    floats = [part_with_objects(60, 80, [(0.1, 0.1, 0.5, 0.9)], i) for i in range(4)]
+    bytes_ = [MosaicPart((p.image * 255).round().to(torch.uint8), p.boxes, p.labels) for p in floats]
+    torch.manual_seed(4)
+    a = compose_mosaic(floats, 64, zoom_range=(1.0, 1.0), min_visible=0.0)
+    torch.manual_seed(4)
+    b = compose_mosaic(bytes_, 64, zoom_range=(1.0, 1.0), min_visible=0.0)
+    assert b.image.dtype == torch.uint8 and torch.equal(a.boxes, b.boxes) and torch.equal(a.labels, b.labels)
+    assert (b.image.float() - a.image * 255).abs().max() <= 1.0  # resampling rounds to whole levels
+    grey = (a.image == FILL).all(dim=0)
+    assert grey.any() and (b.image[:, grey] == 128).all()
+    with pytest.raises(ValueError, match="one dtype"):
+        compose_mosaic([*floats[:2], *bytes_[2:]], 64)
+
+
 def test_zoom_one_shows_all_four_images_at_their_resized_size():
     """At zoom 1 the window is the whole 2 side canvas: the four images are on it at their resized size, the
     centre's quadrants, so objects keep their size (cut only where an image passes the canvas edge)."""

@@ -11,7 +11,7 @@ Variants (every one from random initialisation, nothing pretrained):
   4-level pyramid from 3 ViT blocks, one deformable encoder layer and two-stage proposals (speed only).
 - ``flexible``: our best CPU recipe, the ``two-stage`` preset: the same detector on our flexible encoder
   (``flexible-tiny``: a convolutional stem and 6 blocks x 192) with a 128-wide head and denoising queries in
-  training, at the CPU recipe's batch 8, 384 px and lr 5e-4, with 50 queries.
+  training, at the preset's batch 4 and lr 3.5e-4, 384 px, with 50 queries.
 
 ``train_step`` and ``inference`` build the model the trainer builds (the detector of the variant's resolved
 run specification, BCCD's classes) with its criterion and AdamW groups; ``train_for_budget`` runs
@@ -63,8 +63,7 @@ VARIANTS: dict[str, dict] = {
     # 0.305 in 12 minutes against 180 and 0.264; and up to 100 denoising queries in training: AP 0.345 after
     # 248 steps against 0.314 after 255 (BENCHMARKS.md, issue 9)
     "flexible": {"preset": "two-stage",
-                 "overrides": {"batch_size": 8, "image_size": 384, "lr": 5e-4, "num_queries": 50},
-                 "eval_every": 8},
+                 "overrides": {"image_size": 384, "num_queries": 50}, "eval_every": 8},
 }
 
 
@@ -179,11 +178,13 @@ def train_for_budget(variant: str, data: BccdData, minutes: float, out_dir: Path
         metrics = json.loads(path.read_text())
         if "train_seconds" in metrics:
             curve.append((metrics["train_seconds"], metrics["AP"], "dino_detector"))
-    history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
-    return BudgetRun(results=results, curve=sorted(curve), steps=_steps(out),
-                     notes=f"{' '.join(argv)}; {len(history)} epochs, {time.time() - started:.0f} s with evaluation{raw}")
+    steps, epochs = _progress(out)
+    return BudgetRun(results=results, curve=sorted(curve), steps=steps,
+                     notes=f"{' '.join(argv)}; {epochs} epochs, {time.time() - started:.0f} s with evaluation{raw}")
 
 
-def _steps(out: Path) -> int:
+def _progress(out: Path) -> tuple[int, int]:
+    """(optimizer steps, epochs) the run trained, from its final validation record."""
     final = out / "val_metrics_final.json"
-    return int(json.loads(final.read_text()).get("step", 0)) if final.exists() else 0
+    record = json.loads(final.read_text()) if final.exists() else {}
+    return int(record.get("step", 0)), int(record.get("epoch", 0))

@@ -27,7 +27,7 @@ MIN_SIDE_PX = 2.0  # boxes thinner than this after clipping are slivers, not obj
 
 @dataclass(frozen=True)
 class MosaicPart:
-    """One image of a mosaic: image [3, H, W] in 0..1, boxes [N, 4] xyxy pixels, labels [N]."""
+    """One image of a mosaic: image [3, H, W] (uint8 0..255, or float 0..1), boxes [N, 4] xyxy pixels, labels [N]."""
     image: torch.Tensor
     boxes: torch.Tensor
     labels: torch.Tensor
@@ -53,7 +53,11 @@ def compose_mosaic(parts: list[MosaicPart], side: int, zoom_range: tuple[float, 
     if not 0 <= min_visible <= 1:
         raise ValueError(f"min_visible must be in [0, 1], got {min_visible}")
     canvas_side = 2 * side
-    canvas = torch.full((3, canvas_side, canvas_side), FILL, dtype=parts[0].image.dtype)
+    dtype = parts[0].image.dtype
+    if any(p.image.dtype != dtype for p in parts):
+        raise ValueError(f"mosaic images must share one dtype, got {sorted({str(p.image.dtype) for p in parts})}")
+    fill = FILL if dtype.is_floating_point else round(FILL * 255)
+    canvas = torch.full((3, canvas_side, canvas_side), fill, dtype=dtype)
     cx, cy = round(uniform(0.5, 1.5) * side), round(uniform(0.5, 1.5) * side)
     boxes, labels = [], []
     for quadrant, part in enumerate(_resized(p, side) for p in parts):

@@ -75,8 +75,9 @@ def size_factors(cfg: DataConfig, count: int, generator: torch.Generator | None 
 
 
 class DetectionTransform:
-    """image tensor [3, H, W] + boxes xyxy pixels -> resized (and, when training, augmented) pair. Random
-    draws use torch's generator, so a seeded run repeats exactly."""
+    """image tensor [3, H, W] (uint8 0..255 or float 0..1) + boxes xyxy pixels -> resized (and, when
+    training, augmented) pair, the image float 0..1. Random draws use torch's generator, so a seeded run
+    repeats exactly."""
 
     def __init__(self, cfg: DataConfig, train: bool):
         check_augmentation(cfg)
@@ -113,6 +114,9 @@ class DetectionTransform:
             image, bxs = self._crop(image, bxs)
         h, w = resize_shape(image.shape[-2], image.shape[-1], cfg, size_factor)
         image, bxs = v2.functional.resize(image, [h, w], antialias=True), v2.functional.resize(bxs, [h, w])
+        # uint8 training images become 0..1 floats only now, at the training size (colour jitter is faster
+        # on floats); float images pass unchanged
+        image = v2.functional.to_dtype(image, torch.float32, scale=True).contiguous()
         if self.light is not None:
             image, bxs = self.light(image, bxs)
         if strong and self.rotate is not None:

@@ -34,7 +34,7 @@ from .selection import BEST_FILE, RESULTS_FILE, BestTracker, ResultsLog
 from .validation import evaluate, predict_testdev
 
 log = logging.getLogger(__name__)
-CPU_RECIPE = "--preset two-stage --batch_size 8 --image_size 384 --lr 5e-4"  # README, "Train on your own data"
+CPU_RECIPE = "--preset two-stage --image_size 384"  # README, "Train on your own data"
 LAST_FILE = "dino_detector_last.pth"  # written after every epoch, and by a run stopped mid-epoch
 
 
