@@ -10,8 +10,8 @@ Every run is its own subprocess (``--single``), started only when its result is 
 from random weights on the train split for the budget and predicts the val split; the predictions are scored
 here with ``dino_detector.engine.evaluator.coco_evaluate`` (pycocotools), whatever trained them.
 
-- ``ours``: ``dino_detector.train --preset two-stage --image_size 384`` (batch 4, lr 3.5e-4) (the README's
-  CPU recipe), validated only after the budget (``eval_every 0``); ``--set key=value`` adds settings (A/B runs,
+- ``ours``: ``dino_detector.train --preset two-stage --image_size 384`` (the README's CPU recipe; the
+  preset trains at batch 4, lr 3.5e-4), validated only after the budget (``eval_every 0``); ``--set key=value`` adds settings (A/B runs,
   named by ``--label``).
 - ``yolov8n``: ``YOLO("yolov8n.yaml").train(time=...)`` with its default augmentation, 512 px, batch 4, no
   per-epoch validation (``val=False``), predictions of its final EMA weights.

@@ -268,8 +268,8 @@ class CocoDetection(Dataset):
 
     def _part(self, index: int) -> MosaicPart:
         """An image (untransformed) with its training boxes (xyxy pixels) and labels. Training images stay
-        uint8 until resized (``DetectionTransform``): resizing a full-size float image cost 4x more, and a
-        third of the data loading time, which runs between the training steps (2026-12-05)."""
+        uint8 until resized (``DetectionTransform``): resizing a 640 x 480 image took 0.4 ms in uint8 and
+        2.6 ms in float (2026-12-05); loading runs between the training steps, in the main process."""
         pil = load_image(self.image_path(index))
         image = v2.functional.pil_to_tensor(pil) if self.train else to_tensor_image(pil)
         return MosaicPart(image, *self.targets[self.ids[index]])

@@ -27,7 +27,8 @@ MIN_SIDE_PX = 2.0  # boxes thinner than this after clipping are slivers, not obj
 
 @dataclass(frozen=True)
 class MosaicPart:
-    """One image of a mosaic: image [3, H, W] (uint8 0..255, or float 0..1), boxes [N, 4] xyxy pixels, labels [N]."""
+    """One image of a mosaic: image [3, H, W] (uint8 0..255, or float 0..1), boxes [N, 4] xyxy pixels,
+    labels [N]."""
     image: torch.Tensor
     boxes: torch.Tensor
     labels: torch.Tensor
