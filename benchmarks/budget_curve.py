@@ -11,8 +11,8 @@ from random weights on the train split for the budget and predicts the val split
 here with ``dino_detector.engine.evaluator.coco_evaluate`` (pycocotools), whatever trained them.
 
 - ``ours``: ``dino_detector.train --preset two-stage --image_size 384`` (the README's CPU recipe; the
-  preset trains at batch 4, lr 3.5e-4), validated only after the budget (``eval_every 0``); ``--set key=value`` adds settings (A/B runs,
-  named by ``--label``).
+  preset trains at batch 4, lr 3.5e-4), validated only after the budget (``eval_every 0``);
+  ``--set key=value`` adds settings (A/B runs, named by ``--label``).
 - ``yolov8n``: ``YOLO("yolov8n.yaml").train(time=...)`` with its default augmentation, 512 px, batch 4, no
   per-epoch validation (``val=False``), predictions of its final EMA weights.
 
