@@ -8,6 +8,10 @@
 #                   nearly linear in the frozen features (the full two-stage head learns 0.46 AP on random
 #                   frozen features on BCCD, BENCHMARKS.md);
 #   finetune_*      full fine-tuning, the two-stage preset, 12 minutes, seeds 1 2 3.
+#   boxes           detection pretraining on unsupervised box proposals of the same unlabelled images (train
+#                   --proposals, 19.5 CPU minutes; BOXES_EXTRA="--dino_model OUT/pretrain" starts it from the
+#                   pretrained encoder), then knn_boxes, frozen_boxes (its encoder, the light probe) and
+#                   finetune_boxes (the whole detector through --init_from, a fresh class head);
 #   report          the table of every run's AP (BCCD val) with means and spreads.
 # Usage: bash benchmarks/pretrain_bccd.sh [OUT_DIR [STEP ...]]   (default: all steps, about 2 h 40 min on
 # 2 CPU cores; run nothing else meanwhile). The detection budgets do not include the pretraining time.
@@ -37,43 +41,52 @@ DATA=(--train_images $D/JPEGImages --train_annotations $D/coco/instances_train.j
 DET=(--preset two-stage --image_size 384 --epochs 1000 --eval_every 0 --checkpoint_every 0 "${DATA[@]}")
 PROBE=(--backbone_mode frozen --backbone_feature_layers 1 --num_feature_levels 1 --encoder_layers 0
        --decoder_layers 1)
-encoder_of() { if [ "$1" = random ]; then echo flexible-tiny; else echo "$ENCODER"; fi; }
-show() { grep -E "INFO (training|pretraining|encoder|val final|time budget)|^AP |error" || true; }
+BOXES=(--preset two-stage --image_size 384 --epochs 1000 --checkpoint_every 0 --time_budget_min 19.5 --seed 0
+       --train_images $D/JPEGImages --proposals --output_dir "$OUT/boxes" ${BOXES_EXTRA:-})
+encoder_of() { case $1 in random) echo flexible-tiny;; boxes) echo "$OUT/boxes";; *) echo "$ENCODER";; esac; }
+show() { grep -E "INFO (training|pretraining|encoder|pretrained encoder|unsupervised|val final|time budget)|^AP |error" || true; }
 
 if want knn_random; then $py -m dino_detector.pretrain "${KNN[@]}" --arch flexible-tiny --output_dir "$OUT/knn_random"; fi
 if want pretrain; then $py -m dino_detector.pretrain "${PRETRAIN[@]}" --output_dir "$OUT/pretrain" 2>&1 | show; fi
 if want knn_pretrained; then $py -m dino_detector.pretrain "${KNN[@]}" --encoder "$ENCODER" \
     --output_dir "$OUT/knn_pretrained"; fi
-for which in random pretrained; do
+if want boxes; then $py -m dino_detector.train "${BOXES[@]}" 2>&1 | show; fi
+if want knn_boxes; then $py -m dino_detector.pretrain "${KNN[@]}" --encoder "$OUT/boxes/encoder_final.pth" \
+    --output_dir "$OUT/knn_boxes"; fi
+for which in random pretrained boxes; do
   if want frozen_$which; then for seed in 1 2; do
     $py -m dino_detector.train "${DET[@]}" "${PROBE[@]}" --time_budget_min 10 --seed $seed \
       --dino_model "$(encoder_of $which)" --output_dir "$OUT/frozen_${which}_s$seed" 2>&1 | show
   done; fi
 done
-for which in random pretrained; do
+for which in random pretrained boxes; do
+  # the box-pretrained run carries its whole detector (--init_from), the others their encoder
+  if [ $which = boxes ]; then START=(--init_from "$OUT/boxes/dino_detector_final.pth")
+  else START=(--dino_model "$(encoder_of $which)"); fi
   if want finetune_$which; then for seed in 1 2 3; do
     $py -m dino_detector.train "${DET[@]}" --time_budget_min 12 --seed $seed \
-      --dino_model "$(encoder_of $which)" --output_dir "$OUT/finetune_${which}_s$seed" 2>&1 | show
+      "${START[@]}" --output_dir "$OUT/finetune_${which}_s$seed" 2>&1 | show
   done; fi
 done
 if want report; then $py - "$OUT" <<'EOF'
 import json, statistics, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-for kind in ("knn_random", "knn_pretrained"):
+for kind in ("knn_random", "knn_pretrained", "knn_boxes"):
     f = out / kind / "knn_metrics.json"
     if f.is_file():
         print(f"{kind}: balanced accuracy {json.loads(f.read_text())['balanced_accuracy']:.4f}")
 for mode in ("frozen", "finetune"):
     means = {}
-    for which in ("random", "pretrained"):
+    for which in ("random", "pretrained", "boxes"):
         aps = [json.loads(f.read_text())["AP"] for f in sorted(out.glob(f"{mode}_{which}_s*/val_metrics_final.json"))]
         if aps:
             means[which] = statistics.mean(aps)
             spread = f" +- {statistics.stdev(aps):.4f}" if len(aps) > 1 else ""
             print(f"{mode} {which}: AP {means[which]:.4f}{spread}  seeds {[round(a, 4) for a in aps]}")
-    if len(means) == 2 and means["random"] > 0:  # the must-shows: frozen as a ratio, fine-tuning as a gain
-        print(f"{mode}: pretrained / random {means['pretrained'] / means['random']:.2f}, "
-              f"pretrained - random {means['pretrained'] - means['random']:+.4f}")
+    for which in ("pretrained", "boxes"):  # the must-shows: frozen as a ratio, fine-tuning as a gain
+        if which in means and means.get("random", 0) > 0:
+            print(f"{mode}: {which} / random {means[which] / means['random']:.2f}, "
+                  f"{which} - random {means[which] - means['random']:+.4f}")
 EOF
 fi

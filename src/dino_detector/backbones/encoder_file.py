@@ -46,6 +46,16 @@ def save_encoder(vit: nn.Module, arch: str, path: str | Path, extra: dict | None
                 path)
 
 
+def save_backbone_encoder(vit: nn.Module, arch: str, path: str | Path) -> bool:
+    """A detector's trained encoder as an encoder file (``--dino_model`` reads it), e.g. after detection
+    pretraining on unsupervised boxes. False, and nothing written, for a LoRA-adapted encoder (its adapters
+    are not an encoder's weights: ``--init_from`` carries them)."""
+    if hasattr(vit, "peft_config"):
+        return False
+    save_encoder(vit, arch, path)
+    return True
+
+
 def _read(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():

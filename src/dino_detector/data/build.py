@@ -105,6 +105,8 @@ def open_sources(data: DataConfig, *, train: bool, seed: int = 0, run_folder: st
     (or, without one and with ``split_validation``, a seeded ``val_fraction`` of the training images, listed in
     ``run_folder`` and reused on ``resume``) and the test split."""
     sources = DataSources()
+    if train and data.proposals:
+        return _proposal_sources(data, run_folder)
     if train and data.train_annotations:
         sources.train = open_source(data.train_images, data.train_annotations, data.data_format, "train",
                                     hf_split=data.hf_train_split)
@@ -122,6 +124,22 @@ def open_sources(data: DataConfig, *, train: bool, seed: int = 0, run_folder: st
     if data.test_annotations:
         sources.test = open_source(data.test_images, data.test_annotations, data.data_format, "test", names)
     return sources
+
+
+def _proposal_sources(data: DataConfig, run_folder: str | Path | None) -> DataSources:
+    """``--proposals``: the unlabelled training images with their unsupervised boxes (one class, ``object``;
+    data/proposals.py), made once into the run folder's ``proposals.json``; no validation split."""
+    from .proposals import PROPOSALS_FILE, cached_proposals
+
+    if not data.train_images:
+        raise ValueError("--proposals needs --train_images: the folder of unlabelled images")
+    given = [f"--{name}" for name in ("data", "train_annotations", "val_annotations", "test_annotations")
+             if getattr(data, name)]
+    if given:
+        raise ValueError(f"--proposals trains on unlabelled images only (one class, 'object'); drop {', '.join(given)} "
+                         "and fine-tune on the labelled data afterwards with --init_from")
+    path = cached_proposals(data.train_images, Path(run_folder or ".") / PROPOSALS_FILE, data.proposals_per_image)
+    return DataSources(train=open_source(data.train_images, str(path), "coco", "train"))
 
 
 def layout_paths(data: DataConfig) -> dict:

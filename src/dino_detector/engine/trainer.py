@@ -12,6 +12,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..backbones.adapters import unfreeze
+from ..backbones.encoder_file import ENCODER_FILE, save_backbone_encoder
 from ..config import Config
 from ..data.build import build_datasets, evaluation_dataset, fetch_requested_data, make_loader
 from ..data.transforms import uses_strong_augmentation
@@ -65,7 +66,8 @@ class Trainer:
                                                   t.weights if t.only_evaluate else "raw")
         elif t.init_from:
             init_from(self.model, t.init_from, t.weights)
-        log.info(self.model.parameter_summary())
+        summary = self.model.parameter_summary()
+        log.info(summary + ("; its weights then loaded from --init_from (line above)" if ckpt is None and t.init_from else ""))
         self.criterion = build_criterion(num_classes=self.model.num_classes, loss_cfg=spec.loss,
                                          softmax=self.model.softmax).to(self.device)
         optimizer = build_optimizer(self.model, lr=t.lr, backbone_lr=t.lr_backbone, layer_decay=t.layer_decay,
@@ -154,6 +156,18 @@ class Trainer:
             s.guard.last_checkpoint = str(path)
         return path
 
+    def _save_encoder(self) -> None:
+        """After detection pretraining (--proposals): the trained encoder alone, as ``encoder_final.pth``, so
+        that ``--dino_model <this run>`` starts (or probes, frozen) a detector from it."""
+        model = self.state.ema.module if self.deployed == "ema" else self.model
+        path = self.run.out / ENCODER_FILE
+        if save_backbone_encoder(model.backbone.vit, self.spec.model.dino_model, path):
+            log.info("pretrained encoder: %s (--dino_model %s; the whole detector: --init_from %s)", path,
+                     self.run.out, self.run.out / "dino_detector_final.pth")
+        else:
+            log.info("no encoder file for a LoRA-adapted backbone; --init_from %s carries the whole detector",
+                     self.run.out / "dino_detector_final.pth")
+
     # ------------------------------------------------------------------ evaluation and selection
     def evaluate(self, epoch: int | None, tag: str) -> dict | None:
         """Raw weights (``val_metrics_<tag>.json``) and, with --ema, the average (``val_metrics_ema_<tag>.json``);
@@ -223,6 +237,8 @@ class Trainer:
         with self.run.stop_requests:  # SIGTERM / SIGINT: finish the step, save, stop (RunInterrupted)
             epoch = self._train_epochs(loader, settings, hint)
         self.save("dino_detector_final.pth", max(epoch, 0))
+        if spec.data.proposals and self.run.is_main:
+            self._save_encoder()
         metrics = self.evaluate(epoch + 1, "final")
         if self.val_set is not None:
             self._select(metrics, epoch + 1)

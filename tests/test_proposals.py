@@ -1,0 +1,106 @@
+"""Unsupervised box proposals (``train --proposals``): boxes of what stands out in unlabelled images, made once
+per run, and a detection pretraining run whose encoder a later run reads with ``--dino_model``."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.ops import box_iou
+
+from dino_detector.config import DataConfig, build_config
+from dino_detector.data.build import open_sources
+from dino_detector.data.proposals import PROPOSAL_CLASS, cached_proposals, unsupervised_boxes
+
+# (centre x, centre y), radius, colour: three stained "cells" of different sizes on a pale, noisy smear
+DISCS = [((60, 50), 18, (150, 30, 40)), ((200, 130), 34, (40, 60, 160)), ((110, 170), 10, (90, 20, 120))]
+
+
+def disc_image(seed: int = 0, height: int = 240, width: int = 320) -> tuple[np.ndarray, torch.Tensor]:
+    """[H, W, 3] uint8 and the discs' boxes [3, 4] (x0, y0, x1, y1, pixel edges)."""
+    rng = np.random.default_rng(seed)
+    image = 225 + rng.normal(0, 4, (height, width, 3))
+    ys, xs = np.mgrid[:height, :width]
+    boxes = []
+    for (cx, cy), radius, colour in DISCS:
+        image[(xs - cx) ** 2 + (ys - cy) ** 2 <= radius ** 2] = colour
+        boxes.append([cx - radius, cy - radius, cx + radius + 1, cy + radius + 1])
+    return image.clip(0, 255).astype(np.uint8), torch.tensor(boxes, dtype=torch.float32)
+
+
+def test_the_discs_are_the_best_boxes_and_the_count_is_capped():
+    image, discs = disc_image()
+    boxes = unsupervised_boxes(image, max_boxes=8)
+    assert boxes.dtype == np.float32 and boxes.shape[1] == 4 and 3 <= len(boxes) <= 8
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 320).all() and (boxes[:, 3] <= 240).all()
+    best = box_iou(discs, torch.from_numpy(boxes[:3]))  # the three highest-contrast boxes
+    assert (best.max(1).values > 0.75).all(), best  # the smoothing takes in or leaves out an edge pixel
+    assert len(unsupervised_boxes(image, max_boxes=2)) == 2
+
+
+def test_a_plain_image_has_no_proposals():
+    plain = np.full((120, 160, 3), 200, np.uint8)
+    assert unsupervised_boxes(plain).shape == (0, 4)
+
+
+def write_images(folder, seeds=(0, 1, 2)):
+    (folder / "sub").mkdir(parents=True)
+    for seed in seeds:
+        Image.fromarray(disc_image(seed)[0]).save(folder / "sub" / f"smear_{seed}.png")
+
+
+def test_proposals_are_made_once_per_run_and_remade_when_the_settings_change(tmp_path):
+    write_images(tmp_path / "images")
+    path = cached_proposals(tmp_path / "images", tmp_path / "run" / "proposals.json", max_boxes=5)
+    coco = json.loads(path.read_text())
+    assert coco["categories"] == [{"id": 1, "name": PROPOSAL_CLASS}]
+    assert sorted(i["file_name"] for i in coco["images"]) == [f"sub/smear_{s}.png" for s in range(3)]
+    assert all((i["width"], i["height"]) == (320, 240) for i in coco["images"])
+    per_image = [sum(a["image_id"] == i["id"] for a in coco["annotations"]) for i in coco["images"]]
+    assert all(3 <= n <= 5 for n in per_image), per_image
+    assert all(a["bbox"][2] > 0 and a["bbox"][3] > 0 and a["category_id"] == 1 for a in coco["annotations"])
+    written = path.stat().st_mtime_ns
+    assert cached_proposals(tmp_path / "images", path, max_boxes=5).stat().st_mtime_ns == written  # reused
+    fewer = json.loads(cached_proposals(tmp_path / "images", path, max_boxes=3).read_text())
+    assert len(fewer["annotations"]) == 9  # remade: 3 boxes per image
+
+
+def test_proposals_refuse_labels_and_need_images(tmp_path, bccd):
+    with pytest.raises(ValueError, match="drop --train_annotations"):
+        open_sources(DataConfig(proposals=True, train_images=str(bccd["images"]),
+                                train_annotations=str(bccd["train"])), train=True, run_folder=tmp_path)
+    with pytest.raises(ValueError, match="needs --train_images"):
+        open_sources(DataConfig(proposals=True), train=True, run_folder=tmp_path)
+    with pytest.raises(ValueError, match="at least 1"):
+        cached_proposals(bccd["images"], tmp_path / "p.json", max_boxes=0)
+
+
+def test_detection_pretraining_writes_an_encoder_that_a_detector_reads(bccd, tmp_path):
+    from dino_detector.engine.trainer import Trainer
+    from dino_detector.models.detector import ObjectDetector
+
+    images = tmp_path / "unlabelled"
+    images.mkdir()
+    for path in sorted(bccd["images"].glob("*.jpg"))[:4]:
+        shutil.copy(path, images)
+    model = dict(dino_model="tiny", pretrained=False, image_size=128, num_queries=20, decoder_layers=1)
+    run = tmp_path / "boxes"
+    cfg = build_config("standard", **model, proposals=True, proposals_per_image=10, train_images=str(images),
+                       output_dir=str(run), device="cpu", num_workers=0, epochs=1, batch_size=2)
+    trainer = Trainer(cfg)
+    assert trainer.model.class_names == [PROPOSAL_CLASS] and trainer.val_set is None
+    assert len(trainer.train_set) == 4
+    before = {k: v.clone() for k, v in trainer.model.backbone.vit.state_dict().items()}
+    trainer.fit()
+    assert (run / "proposals.json").is_file() and (run / "dino_detector_final.pth").is_file()
+    trained = trainer.model.backbone.vit.state_dict()
+    assert any(not torch.equal(before[k], trained[k]) for k in trained)  # the encoder learnt
+    # a new detector on the pretraining run's folder starts from exactly that encoder
+    reader = ObjectDetector(num_classes=3, config=build_config(
+        "standard", **{**model, "dino_model": str(run), "pretrained": True}).model)
+    assert reader.config.backbone_weights == "encoder"
+    for name, tensor in reader.backbone.vit.state_dict().items():
+        assert torch.equal(tensor, trained[name]), name
