@@ -104,3 +104,34 @@ def test_detection_pretraining_writes_an_encoder_that_a_detector_reads(bccd, tmp
     assert reader.config.backbone_weights == "encoder"
     for name, tensor in reader.backbone.vit.state_dict().items():
         assert torch.equal(tensor, trained[name]), name
+
+
+def test_object_windows_are_squares_around_a_proposal_clamped_to_the_image(tmp_path):
+    from dino_detector.ssl.multicrop import ObjectWindows
+
+    path = tmp_path / "a.png"
+    windows = ObjectWindows({str(path.resolve()): torch.tensor([[100.0, 50.0, 120.0, 90.0]])}, context=2.0)
+    image = torch.rand(3, 240, 320, generator=torch.Generator().manual_seed(0))
+    # side 2 x 40 = 80 around the centre (110, 70)
+    assert torch.equal(windows.around_an_object(image, path), image[:, 30:110, 70:150])
+    edge = ObjectWindows({str(path.resolve()): torch.tensor([[0.0, 0.0, 30.0, 20.0]])}, context=2.0)
+    assert torch.equal(edge.around_an_object(image, path), image[:, :60, :60])  # kept inside the image
+    assert torch.equal(windows.around_an_object(image, tmp_path / "other.png"), image)  # no proposals: whole
+    with pytest.raises(ValueError, match="at least 1"):
+        ObjectWindows({}, context=0.5)
+
+
+def test_pretraining_with_object_views_makes_the_proposals_it_draws_them_around(tmp_path):
+    from dino_detector.pretrain import main as pretrain_main
+
+    write_images(tmp_path / "images")
+    out = tmp_path / "pretrain"
+    assert pretrain_main(["--images", str(tmp_path / "images" / "sub"), "--arch", "flexible-tiny", "--epochs", "1",
+                          "--object_views", "--object_boxes", "4", "--global_scale", "0.4", "1.0",
+                          "--local_scale", "0.1", "0.3", "--batch_size", "3", "--global_size", "32",
+                          "--local_size", "16", "--n_local", "2", "--out_dim", "64", "--head_hidden_dim", "32",
+                          "--head_bottleneck_dim", "16", "--device", "cpu", "--num_workers", "0",
+                          "--output_dir", str(out)]) == 0
+    coco = json.loads((out / "proposals_0.json").read_text())
+    assert len(coco["images"]) == 3 and 9 <= len(coco["annotations"]) <= 12
+    assert (out / "encoder_final.pth").is_file()

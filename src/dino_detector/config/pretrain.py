@@ -53,6 +53,9 @@ class CropConfig(Settings):
     global_scale: list[float] = field(default_factory=lambda: [0.12, 0.2])  # area range of the global crops (fractions of the image)
     local_scale: list[float] = field(default_factory=lambda: [0.04, 0.1])  # area range of the local crops (fractions of the image)
     view_region: float = 0.2  # share of the image area all views of an image are drawn from (overlapping views); 1: anywhere
+    object_views: bool = False  # draw each image's views from a window around one of its unsupervised box proposals (object-centric views) instead of a random --view_region; --global_scale / --local_scale are then fractions of that window
+    object_context: float = 2.0  # --object_views: the window's side, as a multiple of the box's longer side
+    object_boxes: int = 40  # --object_views: proposals per image the windows are drawn around
     color_jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.2, 0.1])  # brightness, contrast, saturation, hue jitter
     grayscale_p: float = 0.2  # probability of a greyscale view (lower it, and the hue jitter, where colour carries classes)
 

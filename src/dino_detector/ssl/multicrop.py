@@ -1,6 +1,9 @@
 """DINO multi-crop augmentation: two global views and several small local views per image."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torchvision.transforms import v2
 
@@ -77,3 +80,47 @@ class MultiCrop:
         top = int(torch.randint(0, h - rh + 1, ()))
         left = int(torch.randint(0, w - rw + 1, ()))
         return image[:, top:top + rh, left:left + rw]
+
+
+class ObjectWindows:
+    """Object-centric views (``--object_views``): each call crops an image to a square window around one of
+    its unsupervised box proposals (data/proposals.py), ``context`` times the box's longer side, clamped to
+    the image; the multi-crop views are then drawn inside it. Views centred on objects rather than on random
+    windows make the CLS token describe one object, the way object crops are compared (k-NN) and detected.
+    An image without proposals is used whole."""
+
+    def __init__(self, boxes: dict[str, torch.Tensor], context: float):
+        if context < 1:
+            raise ValueError(f"object_context must be at least 1 (the box itself), got {context}")
+        self.boxes, self.context = boxes, context
+
+    @classmethod
+    def of(cls, folders: list[str], out: Path, boxes: int, context: float) -> "ObjectWindows":
+        """The proposals of every image in ``folders``, made once into ``out`` (proposals_<i>.json)."""
+        from ..data.proposals import cached_proposals
+
+        by_path: dict[str, torch.Tensor] = {}
+        for i, folder in enumerate(folders):
+            coco = json.loads(cached_proposals(folder, Path(out) / f"proposals_{i}.json", boxes).read_text())
+            per_image: dict[int, list] = {}
+            for a in coco["annotations"]:
+                x, y, w, h = a["bbox"]
+                per_image.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+            for image in coco["images"]:
+                key = str((Path(folder) / image["file_name"]).resolve())
+                by_path[key] = torch.tensor(per_image.get(image["id"], []), dtype=torch.float32).reshape(-1, 4)
+        return cls(by_path, context)
+
+    def around_an_object(self, image: torch.Tensor, path) -> torch.Tensor:
+        """image [3, H, W] -> [3, h, w]: the window around a random proposal of the image at ``path``."""
+        boxes = self.boxes.get(str(Path(path).resolve()))
+        if boxes is None or len(boxes) == 0:
+            return image
+        x0, y0, x1, y1 = boxes[int(torch.randint(len(boxes), ()))].tolist()
+        h, w = image.shape[-2:]
+        side = min(max(x1 - x0, y1 - y0) * self.context, h, w)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        left = int(min(max(cx - side / 2, 0), w - side))
+        top = int(min(max(cy - side / 2, 0), h - side))
+        side = max(1, int(side))
+        return image[:, top:top + side, left:left + side]

@@ -35,7 +35,7 @@ from .ibot_loss import IBOTPatchLoss
 from .koleo import KoLeoLoss
 from .masking import batch_masks
 from .mim_loss import PixelReconstructionLoss
-from .multicrop import MultiCrop
+from .multicrop import MultiCrop, ObjectWindows
 from .vicreg import VICRegLoss
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,13 @@ class UnlabeledImages(Dataset):
     """Images of the given folders as multi-crop views. ``cache``: keep each decoded image (uint8) after its
     first read; decoding a JPEG costs about as much as a tiny encoder's step on its crops."""
 
-    def __init__(self, folders: list[str], crops: MultiCrop, cache: bool = False):
+    def __init__(self, folders: list[str], crops: MultiCrop, cache: bool = False,
+                 windows: ObjectWindows | None = None):
         self.paths = [p for f in folders for p in list_images(f)]
         if not self.paths:
             raise ValueError(f"no images found in {folders}")
         self.crops = crops
+        self.windows = windows  # object-centric views: crops drawn around one proposal of the image
         self.cache: dict[int, torch.Tensor] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -60,10 +62,14 @@ class UnlabeledImages(Dataset):
 
     def __getitem__(self, i: int):
         if self.cache is None:
-            return self.crops(to_tensor_image(load_image(self.paths[i])))
-        if i not in self.cache:
-            self.cache[i] = (to_tensor_image(load_image(self.paths[i])) * 255).round().to(torch.uint8)
-        return self.crops(self.cache[i].float() / 255)
+            image = to_tensor_image(load_image(self.paths[i]))
+        else:
+            if i not in self.cache:
+                self.cache[i] = (to_tensor_image(load_image(self.paths[i])) * 255).round().to(torch.uint8)
+            image = self.cache[i].float() / 255
+        if self.windows is not None:
+            image = self.windows.around_an_object(image, self.paths[i])
+        return self.crops(image)
 
 
 def collate_views(batch):
@@ -138,8 +144,10 @@ class Pretrainer:
         self.crops = MultiCrop(global_size=c.global_size, local_size=c.local_size, n_local=c.n_local,
                                global_scale=tuple(c.global_scale), local_scale=tuple(c.local_scale),
                                jitter=tuple(c.color_jitter), grayscale_p=c.grayscale_p,
-                               view_region=c.view_region)
-        self.data = UnlabeledImages(cfg.data.images, self.crops, cfg.data.cache_images)
+                               view_region=1.0 if c.object_views else c.view_region)
+        windows = (ObjectWindows.of(cfg.data.images, self.run.out, boxes=c.object_boxes, context=c.object_context)
+                   if c.object_views else None)
+        self.data = UnlabeledImages(cfg.data.images, self.crops, cfg.data.cache_images, windows)
         encoder = load_vit(cfg.model.arch, pretrained=cfg.model.pretrained)
         self.patch = encoder.config.patch_size
         self.student = Student(encoder, cfg.method).to(self.device)
