@@ -9,9 +9,10 @@
 #                   frozen features on BCCD, BENCHMARKS.md);
 #   finetune_*      full fine-tuning, the two-stage preset, 12 minutes, seeds 1 2 3.
 #   boxes           detection pretraining on unsupervised box proposals of the same unlabelled images (train
-#                   --proposals, 19.5 CPU minutes; BOXES_EXTRA="--dino_model OUT/pretrain" starts it from the
-#                   pretrained encoder), then knn_boxes, frozen_boxes (its encoder, the light probe) and
-#                   finetune_boxes (the whole detector through --init_from, a fresh class head);
+#                   --proposals, 19.5 CPU minutes), started from the `pretrain` step's encoder at the full
+#                   backbone lr (BOXES_EXTRA="--dino_model flexible-tiny": from random weights), then
+#                   knn_boxes, frozen_boxes (its encoder under the light probe: 1.85x random, the best so far)
+#                   and finetune_boxes (the whole detector through --init_from, a fresh class head);
 #   report          the table of every run's AP (BCCD val) with means and spreads.
 # Usage: bash benchmarks/pretrain_bccd.sh [OUT_DIR [STEP ...]]   (default: all steps, about 2 h 40 min on
 # 2 CPU cores; run nothing else meanwhile). The detection budgets do not include the pretraining time.
@@ -25,13 +26,15 @@ py=.venv/bin/python
 ENCODER="$OUT/pretrain/encoder_final.pth"
 KNN=(--eval_knn --images $D/JPEGImages --annotations $D/coco/instances_train.json
      --val_annotations $D/coco/instances_val.json --seed 0)
-# Colour carries the classes in stained smears: no hue jitter, no grayscale views. The views' window is the
-# size of one cell (5 % of the smear, ~124 px of 640x480): global views nearly all of it, local ones a fifth
-# to a half; at the default 20 % window the encoder did not fine-tune better than random (BENCHMARKS.md,
-# issue 23). Everything else at the defaults (256 prototypes, batch-standardised head).
+# Colour carries the classes in stained smears: no hue jitter, no grayscale views. The views are at the scale
+# the detector sees the smear (global crops of 7-9 % of it resized to 96 px: x0.6, as 640 -> 384 px) inside a
+# 10 % window, with masked-pixel reconstruction on every global view: encoder B of BENCHMARKS.md (issue 23),
+# the best frozen probe of the view-based encoders and the start of the box pretraining below. Everything
+# else at the defaults (256 prototypes, batch-standardised head).
 PRETRAIN=(--images $D/JPEGImages --arch flexible-tiny --time_budget_min 19.5 --epochs 200
           --color_jitter 0.4 0.4 0.2 0.0 --grayscale_p 0 --seed 0
-          --view_region 0.05 --global_scale 0.03 0.05 --local_scale 0.01 0.025 ${PRETRAIN_EXTRA:-})
+          --view_region 0.1 --global_scale 0.07 0.09 --local_scale 0.015 0.03
+          --mim_weight 1.0 --mask_probability 1.0 --mask_ratio 0.2 0.6 ${PRETRAIN_EXTRA:-})
 DATA=(--train_images $D/JPEGImages --train_annotations $D/coco/instances_train.json
       --val_images $D/JPEGImages --val_annotations $D/coco/instances_val.json)
 # the same detector for both encoders, each with the backbone lr a user gets by default (lr for random
@@ -42,7 +45,8 @@ DET=(--preset two-stage --image_size 384 --epochs 1000 --eval_every 0 --checkpoi
 PROBE=(--backbone_mode frozen --backbone_feature_layers 1 --num_feature_levels 1 --encoder_layers 0
        --decoder_layers 1)
 BOXES=(--preset two-stage --image_size 384 --epochs 1000 --checkpoint_every 0 --time_budget_min 19.5 --seed 0
-       --train_images $D/JPEGImages --proposals --output_dir "$OUT/boxes" ${BOXES_EXTRA:-})
+       --train_images $D/JPEGImages --proposals --dino_model "$OUT/pretrain" --lr_backbone 3.5e-4
+       --output_dir "$OUT/boxes" ${BOXES_EXTRA:-})
 encoder_of() { case $1 in random) echo flexible-tiny;; boxes) echo "$OUT/boxes";; *) echo "$ENCODER";; esac; }
 show() { grep -E "INFO (training|pretraining|encoder|pretrained encoder|unsupervised|val final|time budget)|^AP |error" || true; }
 

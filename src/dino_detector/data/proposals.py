@@ -25,6 +25,7 @@ import torch
 from torchvision.ops import nms
 from tqdm import tqdm
 
+from ..runtime.distributed import barrier, is_main_process, world_size
 from .images import list_images, load_image
 
 log = logging.getLogger(__name__)
@@ -112,8 +113,19 @@ def proposal_coco(images_dir: str | Path, max_boxes: int = 40, workers: int | No
 
 def cached_proposals(images_dir: str | Path, path: str | Path, max_boxes: int = 40) -> Path:
     """``path``, holding the proposals of ``images_dir`` (made now unless a file of the same images, method and
-    box count is there already: a resumed run trains on the same boxes)."""
+    box count is there already: a resumed run trains on the same boxes). Under torchrun the first process
+    makes them while the others wait, then every process reads the one file."""
     path = Path(path)
+    if world_size() > 1:
+        if is_main_process():
+            _made_or_reused(images_dir, path, max_boxes)
+        barrier()
+        return path
+    return _made_or_reused(images_dir, path, max_boxes)
+
+
+def _made_or_reused(images_dir: str | Path, path: Path, max_boxes: int) -> Path:
+    """``cached_proposals`` in this process alone."""
     wanted = {"method": METHOD, "max_boxes": max_boxes, "images": str(Path(images_dir).resolve())}
     if path.is_file():
         try:

@@ -66,8 +66,8 @@ class Trainer:
                                                   t.weights if t.only_evaluate else "raw")
         elif t.init_from:
             init_from(self.model, t.init_from, t.weights)
-        summary = self.model.parameter_summary()
-        log.info(summary + ("; its weights then loaded from --init_from (line above)" if ckpt is None and t.init_from else ""))
+        loaded = "; its weights then loaded from --init_from (line above)" if ckpt is None and t.init_from else ""
+        log.info(self.model.parameter_summary() + loaded)
         self.criterion = build_criterion(num_classes=self.model.num_classes, loss_cfg=spec.loss,
                                          softmax=self.model.softmax).to(self.device)
         optimizer = build_optimizer(self.model, lr=t.lr, backbone_lr=t.lr_backbone, layer_decay=t.layer_decay,
