@@ -75,7 +75,7 @@ class DataConfig(Settings):
     val_annotations: Optional[str] = None  # validation annotations, in any format of --train_annotations
     test_images: Optional[str] = None  # folder of the test images, evaluated after training (test_metrics_final.json)
     test_annotations: Optional[str] = None  # test annotations, in any format of --train_annotations
-    proposals: bool = False  # --train_images are unlabelled: train class-agnostically on unsupervised box proposals (detection pretraining), then fine-tune with --init_from this run
+    proposals: bool = False  # --train_images are unlabelled: train class-agnostically on unsupervised box proposals (detection pretraining); then --init_from <run>/dino_detector_final.pth or --dino_model <run>
     proposals_per_image: int = 40  # --proposals: the boxes kept per image, highest colour contrast first
     val_fraction: float = 0.2  # without a validation split: this share of the training images validates (by --seed); 0: train on all, no validation
     testdev_images: Optional[str] = None  # unannotated images predicted after training (testdev_predictions_final.json)

@@ -37,6 +37,7 @@ from .validation import evaluate, predict_testdev
 log = logging.getLogger(__name__)
 CPU_RECIPE = "--preset two-stage --image_size 384"  # README, "Train on your own data"
 LAST_FILE = "dino_detector_last.pth"  # written after every epoch, and by a run stopped mid-epoch
+FINAL_FILE = "dino_detector_final.pth"  # the weights at the end of training
 
 
 class Trainer:
@@ -163,10 +164,10 @@ class Trainer:
         path = self.run.out / ENCODER_FILE
         if save_backbone_encoder(model.backbone.vit, self.spec.model.dino_model, path):
             log.info("pretrained encoder: %s (--dino_model %s; the whole detector: --init_from %s)", path,
-                     self.run.out, self.run.out / "dino_detector_final.pth")
+                     self.run.out, self.run.out / FINAL_FILE)
         else:
             log.info("no encoder file for a LoRA-adapted backbone; --init_from %s carries the whole detector",
-                     self.run.out / "dino_detector_final.pth")
+                     self.run.out / FINAL_FILE)
 
     # ------------------------------------------------------------------ evaluation and selection
     def evaluate(self, epoch: int | None, tag: str) -> dict | None:
@@ -236,7 +237,7 @@ class Trainer:
         hint = self._pace_hint(steps_per_epoch) if self.device.type == "cpu" and self.run.is_main else None
         with self.run.stop_requests:  # SIGTERM / SIGINT: finish the step, save, stop (RunInterrupted)
             epoch = self._train_epochs(loader, settings, hint)
-        self.save("dino_detector_final.pth", max(epoch, 0))
+        self.save(FINAL_FILE, max(epoch, 0))
         if spec.data.proposals and self.run.is_main:
             self._save_encoder()
         metrics = self.evaluate(epoch + 1, "final")
