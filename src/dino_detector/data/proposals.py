@@ -26,6 +26,7 @@ from torchvision.ops import nms
 from tqdm import tqdm
 
 from ..runtime.distributed import barrier, is_main_process, world_size
+from ..runtime.logging import write_json
 from .images import list_images, load_image
 
 log = logging.getLogger(__name__)
@@ -136,9 +137,7 @@ def _made_or_reused(images_dir: str | Path, path: Path, max_boxes: int) -> Path:
             pass  # unreadable: made again
     coco = proposal_coco(images_dir, max_boxes)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial_path = path.with_suffix(".json.partial")
-    partial_path.write_text(json.dumps(coco))
-    partial_path.replace(path)
+    write_json(coco, path, indent=None)
     boxes = len(coco["annotations"])
     log.info("unsupervised box proposals: %d boxes in %d images (%.1f per image) -> %s", boxes,
              len(coco["images"]), boxes / len(coco["images"]), path)

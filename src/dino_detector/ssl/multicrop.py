@@ -93,6 +93,7 @@ class ObjectWindows:
         if context < 1:
             raise ValueError(f"object_context must be at least 1 (the box itself), got {context}")
         self.boxes, self.context = boxes, context
+        self._boxes_of: dict[str, torch.Tensor | None] = {}  # the dataset's path -> boxes: resolved once, not per view
 
     @classmethod
     def of(cls, folders: list[str], out: Path, boxes: int, context: float) -> "ObjectWindows":
@@ -113,7 +114,10 @@ class ObjectWindows:
 
     def around_an_object(self, image: torch.Tensor, path) -> torch.Tensor:
         """image [3, H, W] -> [3, h, w]: the window around a random proposal of the image at ``path``."""
-        boxes = self.boxes.get(str(Path(path).resolve()))
+        key = str(path)
+        if key not in self._boxes_of:
+            self._boxes_of[key] = self.boxes.get(str(Path(path).resolve()))
+        boxes = self._boxes_of[key]
         if boxes is None or len(boxes) == 0:
             return image
         x0, y0, x1, y1 = boxes[int(torch.randint(len(boxes), ()))].tolist()
