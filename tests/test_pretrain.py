@@ -137,3 +137,21 @@ def test_pretraining_runs_under_torchrun_with_two_processes(shapes, tmp_path):
     ckpt = load_checkpoint(out / "pretrain_last.pth")
     assert ckpt["step"] == 2 and len(ckpt["rng"]) == 2  # 8 images / (2 processes x 2) per step
     assert (out / "encoder_final.pth").is_file()
+
+
+def test_unlabelled_images_are_found_in_sub_folders(tmp_path):
+    """A pretraining folder laid out as train/ val/ (or one folder per source) yields every image in it, as
+    the config promises, and each one decodes to views of the asked sizes."""
+    from PIL import Image
+
+    from dino_detector.ssl.multicrop import MultiCrop
+    from dino_detector.ssl.pretrainer import UnlabeledImages
+
+    for i, sub in enumerate(["train", "val", "val/nested"]):
+        (tmp_path / sub).mkdir(parents=True)
+        Image.new("RGB", (40, 30), (10 * i, 0, 0)).save(tmp_path / sub / f"img{i}.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    data = UnlabeledImages([str(tmp_path)], MultiCrop(global_size=16, local_size=8, n_local=1))
+    assert sorted(p.name for p in data.paths) == ["img0.jpg", "img1.jpg", "img2.jpg"]
+    globals_, locals_ = data[2]
+    assert [tuple(v.shape) for v in globals_ + locals_] == [(3, 16, 16)] * 2 + [(3, 8, 8)]

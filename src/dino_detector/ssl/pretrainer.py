@@ -50,7 +50,7 @@ class UnlabeledImages(Dataset):
 
     def __init__(self, folders: list[str], crops: MultiCrop, cache: bool = False,
                  windows: ObjectWindows | None = None):
-        self.paths = [p for f in folders for p in list_images(f)]
+        self.paths = [p for f in folders for p in list_images(f, recursive=True)]  # the config promises sub-folders
         if not self.paths:
             raise ValueError(f"no images found in {folders}")
         self.crops = crops
