@@ -68,6 +68,34 @@ def test_proposals_are_made_once_per_run_and_remade_when_the_settings_change(tmp
     assert len(fewer["annotations"]) == 9  # remade: 3 boxes per image
 
 
+def test_under_torchrun_the_other_processes_wait_for_the_first_ones_file(tmp_path, monkeypatch):
+    """A process that is not the first one neither makes boxes nor takes a stale file of other settings: it
+    waits until the first process has written this run's file (no collective, whose timeout a large folder
+    would outlast), then reads the same boxes."""
+    import threading
+    import time
+
+    from dino_detector.data import proposals
+
+    write_images(tmp_path / "images")
+    path = tmp_path / "run" / "proposals.json"
+    first = cached_proposals(tmp_path / "images", tmp_path / "first.json", max_boxes=3)
+    stale = json.loads(cached_proposals(tmp_path / "images", path, max_boxes=5).read_text())  # other settings
+    monkeypatch.setattr(proposals, "world_size", lambda: 2)
+    monkeypatch.setattr(proposals, "is_main_process", lambda: False)
+    monkeypatch.setattr(proposals, "POLL_S", 0.05)
+    made = []
+    monkeypatch.setattr(proposals, "proposal_coco", lambda *a, **k: made.append(a) or {})  # must not be called
+    writer = threading.Timer(0.5, lambda: shutil.copy(first, path))  # the first process, done later
+    writer.start()
+    started = time.monotonic()
+    assert cached_proposals(tmp_path / "images", path, max_boxes=3) == path
+    assert time.monotonic() - started >= 0.45 and not made
+    waited = json.loads(path.read_text())
+    assert waited["info"]["proposals"]["max_boxes"] == 3 and waited != stale
+    assert waited["annotations"] == json.loads(first.read_text())["annotations"]
+
+
 def test_proposals_refuse_labels_and_need_images(tmp_path, bccd):
     with pytest.raises(ValueError, match="drop --train_annotations"):
         open_sources(DataConfig(proposals=True, train_images=str(bccd["images"]),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -39,6 +40,7 @@ MIN_AREA, MAX_AREA = 2e-4, 0.25  # box area range, fractions of the image: speck
 MAX_ASPECT = 4.0  # longest / shortest box side
 RING = 0.25  # the ring a segment is compared with reaches this share of the box's side beyond it
 NMS_IOU = 0.6  # boxes of one object at several scales overlap more than this
+POLL_S = 2.0  # seconds between looks for the proposals file, under torchrun, in the processes that wait
 
 
 def unsupervised_boxes(rgb: np.ndarray, max_boxes: int = 40) -> np.ndarray:
@@ -115,30 +117,43 @@ def proposal_coco(images_dir: str | Path, max_boxes: int = 40, workers: int | No
 def cached_proposals(images_dir: str | Path, path: str | Path, max_boxes: int = 40) -> Path:
     """``path``, holding the proposals of ``images_dir`` (made now unless a file of the same images, method and
     box count is there already: a resumed run trains on the same boxes). Under torchrun the first process
-    makes them while the others wait, then every process reads the one file."""
+    makes them and the others wait for the file, then every process reads it. The others poll the file
+    rather than wait in a collective: making boxes for a large folder can outlast a process group's timeout
+    (10 minutes for NCCL), and a stale file of other settings is not taken for the new one."""
     path = Path(path)
-    if world_size() > 1:
-        if is_main_process():
-            _made_or_reused(images_dir, path, max_boxes)
-        barrier()
-        return path
-    return _made_or_reused(images_dir, path, max_boxes)
-
-
-def _made_or_reused(images_dir: str | Path, path: Path, max_boxes: int) -> Path:
-    """``cached_proposals`` in this process alone."""
     wanted = {"method": METHOD, "max_boxes": max_boxes, "images": str(Path(images_dir).resolve())}
-    if path.is_file():
-        try:
-            if json.loads(path.read_text()).get("info", {}).get("proposals") == wanted:
-                log.info("unsupervised box proposals: reusing %s", path)
-                return path
-        except (OSError, ValueError):
-            pass  # unreadable: made again
-    coco = proposal_coco(images_dir, max_boxes)
+    if world_size() > 1 and not is_main_process():
+        _wait_for(path, wanted)
+    else:
+        _made_or_reused(images_dir, path, wanted)
+    barrier()
+    return path
+
+
+def _holds(path: Path, wanted: dict) -> bool:
+    """Whether ``path`` is a complete proposals file of these settings (files are written atomically)."""
+    try:
+        return json.loads(path.read_text()).get("info", {}).get("proposals") == wanted
+    except (OSError, ValueError):
+        return False  # missing or unreadable: made again
+
+
+def _wait_for(path: Path, wanted: dict) -> None:
+    """Block until the first process has written ``path`` (torchrun stops every process if that one fails)."""
+    if not _holds(path, wanted):
+        log.info("unsupervised box proposals: waiting for the first process to write %s", path)
+    while not _holds(path, wanted):
+        time.sleep(POLL_S)
+
+
+def _made_or_reused(images_dir: str | Path, path: Path, wanted: dict) -> None:
+    """``path`` made by this process, unless it holds these settings' proposals already."""
+    if _holds(path, wanted):
+        log.info("unsupervised box proposals: reusing %s", path)
+        return
+    coco = proposal_coco(images_dir, wanted["max_boxes"])
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(coco, path, indent=None)
     boxes = len(coco["annotations"])
     log.info("unsupervised box proposals: %d boxes in %d images (%.1f per image) -> %s", boxes,
              len(coco["images"]), boxes / len(coco["images"]), path)
-    return path
