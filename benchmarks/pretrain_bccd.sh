@@ -11,10 +11,10 @@
 #   boxes           detection pretraining on unsupervised box proposals of the same unlabelled images (train
 #                   --proposals, 19.5 CPU minutes), started from the `pretrain` step's encoder at the full
 #                   backbone lr (BOXES_EXTRA="--dino_model flexible-tiny": from random weights), then
-#                   knn_boxes, frozen_boxes (its encoder under the light probe: 1.85x random, the best so far)
+#                   knn_boxes, frozen_boxes (its encoder under the light probe: 2.03x random, the best so far)
 #                   and finetune_boxes (the whole detector through --init_from, a fresh class head);
 #   report          the table of every run's AP (BCCD val) with means and spreads.
-# Usage: bash benchmarks/pretrain_bccd.sh [OUT_DIR [STEP ...]]   (default: all steps, about 2 h 40 min on
+# Usage: bash benchmarks/pretrain_bccd.sh [OUT_DIR [STEP ...]]   (default: all steps, about 4 h on
 # 2 CPU cores; run nothing else meanwhile). The detection budgets do not include the pretraining time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,14 +26,15 @@ py=.venv/bin/python
 ENCODER="$OUT/pretrain/encoder_final.pth"
 KNN=(--eval_knn --images $D/JPEGImages --annotations $D/coco/instances_train.json
      --val_annotations $D/coco/instances_val.json --seed 0)
-# Colour carries the classes in stained smears: no hue jitter, no grayscale views. The views are at the scale
-# the detector sees the smear (global crops of 7-9 % of it resized to 96 px: x0.6, as 640 -> 384 px) inside a
-# 10 % window, with masked-pixel reconstruction on every global view: encoder B of BENCHMARKS.md (issue 23),
-# the best frozen probe of the view-based encoders and the start of the box pretraining below. Everything
-# else at the defaults (256 prototypes, batch-standardised head).
+# Colour carries the classes in stained smears: no hue jitter, no grayscale views. Every view of an image is
+# drawn from a window around one of its unsupervised box proposals (twice the box's side), with masked-pixel
+# reconstruction on every global view: the object-view encoder of BENCHMARKS.md (issue 23), the best crop
+# k-NN so far and, through the box step below, the best frozen probe (PRETRAIN_EXTRA="--no_object_views
+# --view_region 0.1 --global_scale 0.07 0.09 --local_scale 0.015 0.03": encoder B, views at the detector's
+# scale). Everything else at the defaults (256 prototypes, batch-standardised head).
 PRETRAIN=(--images $D/JPEGImages --arch flexible-tiny --time_budget_min 19.5 --epochs 200
           --color_jitter 0.4 0.4 0.2 0.0 --grayscale_p 0 --seed 0
-          --view_region 0.1 --global_scale 0.07 0.09 --local_scale 0.015 0.03
+          --object_views --object_context 2.0 --object_boxes 40 --global_scale 0.4 1.0 --local_scale 0.05 0.3
           --mim_weight 1.0 --mask_probability 1.0 --mask_ratio 0.2 0.6 ${PRETRAIN_EXTRA:-})
 DATA=(--train_images $D/JPEGImages --train_annotations $D/coco/instances_train.json
       --val_images $D/JPEGImages --val_annotations $D/coco/instances_val.json)

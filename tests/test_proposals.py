@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from PIL import Image
 from torchvision.ops import box_iou
 
 from dino_detector.config import DataConfig, build_config
+from dino_detector.data import proposals
 from dino_detector.data.build import open_sources
 from dino_detector.data.proposals import PROPOSAL_CLASS, cached_proposals, unsupervised_boxes
 
@@ -72,11 +75,6 @@ def test_under_torchrun_the_other_processes_wait_for_the_first_ones_file(tmp_pat
     """A process that is not the first one neither makes boxes nor takes a stale file of other settings: it
     waits until the first process has written this run's file (no collective, whose timeout a large folder
     would outlast), then reads the same boxes."""
-    import threading
-    import time
-
-    from dino_detector.data import proposals
-
     write_images(tmp_path / "images")
     path = tmp_path / "run" / "proposals.json"
     first = cached_proposals(tmp_path / "images", tmp_path / "first.json", max_boxes=3)
