@@ -109,7 +109,7 @@ def proposal_coco(images_dir: str | Path, max_boxes: int = 40, workers: int | No
         for x0, y0, x1, y1 in boxes.tolist():
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
                                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
-    return {"info": {"proposals": {"method": METHOD, "max_boxes": max_boxes, "images": str(root.resolve())}},
+    return {"info": {"proposals": _settings(root, max_boxes)},
             "images": images, "annotations": annotations,
             "categories": [{"id": 1, "name": PROPOSAL_CLASS}]}
 
@@ -121,13 +121,18 @@ def cached_proposals(images_dir: str | Path, path: str | Path, max_boxes: int = 
     rather than wait in a collective: making boxes for a large folder can outlast a process group's timeout
     (10 minutes for NCCL), and a stale file of other settings is not taken for the new one."""
     path = Path(path)
-    wanted = {"method": METHOD, "max_boxes": max_boxes, "images": str(Path(images_dir).resolve())}
+    wanted = _settings(images_dir, max_boxes)
     if world_size() > 1 and not is_main_process():
         _wait_for(path, wanted)
     else:
         _made_or_reused(images_dir, path, wanted)
     barrier()
     return path
+
+
+def _settings(images_dir: str | Path, max_boxes: int) -> dict:
+    """What a proposals file is made from, stored in it: a cached file of other settings is made again."""
+    return {"method": METHOD, "max_boxes": max_boxes, "images": str(Path(images_dir).resolve())}
 
 
 def _holds(path: Path, wanted: dict) -> bool:
