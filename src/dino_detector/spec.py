@@ -51,11 +51,17 @@ class RunPlan:
 def plan_run(config: Config, checkpoint: dict | None = None) -> RunPlan:
     """Read the run's annotation files (once) and resolve its spec with their classes. ``checkpoint``: the
     loaded ``--checkpoint`` (``--only_evaluate`` takes the model from it)."""
-    t = config.train
-    sources = open_sources(resolve_paths(config.data), train=not t.only_evaluate, seed=t.seed,
+    t, d = config.train, config.data
+    if d.proposals_from and not d.proposals:
+        raise ValueError("--proposals_from names the detector whose boxes --proposals trains on: add --proposals")
+    finder = None
+    if d.proposals_from and not t.only_evaluate:
+        from .models.detector_proposals import DetectorProposals
+        finder = DetectorProposals(d.proposals_from, d.proposals_min_score, device=t.device)
+    sources = open_sources(resolve_paths(d), train=not t.only_evaluate, seed=t.seed,
                            run_folder=t.output_dir, resume=checkpoint is not None and not t.only_evaluate,
-                           split_validation=not t.debug)
-    where = config.data.data
+                           split_validation=not t.debug, finder=finder)
+    where = d.data
     if where:
         layout = detect_layout(where)
         log.info(sources.summary(f"dataset {where}: {layout.kind}, {layout.format} annotations"))

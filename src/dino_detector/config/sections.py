@@ -76,7 +76,9 @@ class DataConfig(Settings):
     test_images: Optional[str] = None  # folder of the test images, evaluated after training (test_metrics_final.json)
     test_annotations: Optional[str] = None  # test annotations, in any format of --train_annotations
     proposals: bool = False  # --train_images are unlabelled: train class-agnostically on unsupervised box proposals (detection pretraining); then --init_from <run>/dino_detector_final.pth or --dino_model <run>
-    proposals_per_image: int = 40  # --proposals: the boxes kept per image, highest colour contrast first
+    proposals_per_image: int = 40  # --proposals: the boxes kept per image, highest colour contrast (or score) first
+    proposals_from: Optional[str] = None  # --proposals: boxes from this trained detector (a run folder, e.g. an earlier --proposals run, or a checkpoint) instead of colour segments: a self-training round
+    proposals_min_score: float = 0.3  # --proposals_from: the detector's boxes scoring at least this are kept
     val_fraction: float = 0.2  # without a validation split: this share of the training images validates (by --seed); 0: train on all, no validation
     testdev_images: Optional[str] = None  # unannotated images predicted after training (testdev_predictions_final.json)
     download_train_data: bool = False  # fetch COCO 2017 train into data_dir and train on it (unless paths are given)

@@ -100,13 +100,14 @@ def open_source(images: str | None, annotations: str, data_format: str, role: st
 
 
 def open_sources(data: DataConfig, *, train: bool, seed: int = 0, run_folder: str | Path | None = None,
-                 resume: bool = False, split_validation: bool = True) -> DataSources:
+                 resume: bool = False, split_validation: bool = True, finder=None) -> DataSources:
     """The annotation files of a run, read once: the training split (when ``train``), the validation split
     (or, without one and with ``split_validation``, a seeded ``val_fraction`` of the training images, listed in
-    ``run_folder`` and reused on ``resume``) and the test split."""
+    ``run_folder`` and reused on ``resume``) and the test split. ``finder``: with ``--proposals``, the source of
+    the boxes other than colour segments (``data.proposals.BoxFinder``: ``--proposals_from``'s detector)."""
     sources = DataSources()
     if train and data.proposals:
-        return _proposal_sources(data, run_folder)
+        return _proposal_sources(data, run_folder, finder)
     if train and data.train_annotations:
         sources.train = open_source(data.train_images, data.train_annotations, data.data_format, "train",
                                     hf_split=data.hf_train_split)
@@ -126,9 +127,10 @@ def open_sources(data: DataConfig, *, train: bool, seed: int = 0, run_folder: st
     return sources
 
 
-def _proposal_sources(data: DataConfig, run_folder: str | Path | None) -> DataSources:
+def _proposal_sources(data: DataConfig, run_folder: str | Path | None, finder=None) -> DataSources:
     """``--proposals``: the unlabelled training images with their unsupervised boxes (one class, ``object``;
-    data/proposals.py), made once into the run folder's ``proposals.json``; no validation split."""
+    data/proposals.py, or ``finder``'s), made once into the run folder's ``proposals.json``; no validation
+    split."""
     from .proposals import PROPOSALS_FILE, cached_proposals
 
     if not data.train_images:
@@ -138,7 +140,8 @@ def _proposal_sources(data: DataConfig, run_folder: str | Path | None) -> DataSo
     if given:
         raise ValueError(f"--proposals trains on unlabelled images only (one class, 'object'); drop {', '.join(given)} "
                          "and fine-tune on the labelled data afterwards with --init_from")
-    path = cached_proposals(data.train_images, Path(run_folder or ".") / PROPOSALS_FILE, data.proposals_per_image)
+    path = cached_proposals(data.train_images, Path(run_folder or ".") / PROPOSALS_FILE, data.proposals_per_image,
+                            finder)
     return DataSources(train=open_source(data.train_images, str(path), "coco", "train"))
 
 

@@ -10,6 +10,10 @@ vehicles on a road) rank first; background texture ranks last. Near-duplicates a
 with non-maximum suppression. On BCCD the 40 best boxes per image find 41 % of the annotated cells at IoU
 0.5 (white cells 74 %, platelets 53 %, the touching red cells 37 %; BENCHMARKS.md, issue 23): noisy, as
 DETReg's selective-search boxes are, and what the detector learns from them is where things stand out.
+
+A self-training round (CutLER's) replaces the colour segments with a trained detector's own confident boxes
+(``--proposals_from RUN``, a ``BoxFinder`` made in models/detector_proposals.py): a detector trained on the
+noisy segments finds more of the objects than the segments did, and a second round learns from those.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -41,6 +46,15 @@ MAX_ASPECT = 4.0  # longest / shortest box side
 RING = 0.25  # the ring a segment is compared with reaches this share of the box's side beyond it
 NMS_IOU = 0.6  # boxes of one object at several scales overlap more than this
 POLL_S = 2.0  # seconds between looks for the proposals file, under torchrun, in the processes that wait
+
+
+class BoxFinder(Protocol):
+    """Another source of boxes than the colour segments: ``finder(files, max_boxes)`` -> one ((width,
+    height), boxes [K <= max_boxes, 4] xyxy pixels, best first) per file; ``settings``: what the boxes depend
+    on (stored in the proposals file, so a cached file of another source or setting is made again)."""
+    settings: dict
+
+    def __call__(self, files: list[Path], max_boxes: int) -> list[tuple[tuple[int, int], np.ndarray]]: ...
 
 
 def unsupervised_boxes(rgb: np.ndarray, max_boxes: int = 40) -> np.ndarray:
@@ -85,23 +99,18 @@ def _image_boxes(path: Path, max_boxes: int) -> tuple[tuple[int, int], np.ndarra
     return image.size, unsupervised_boxes(np.asarray(image.convert("RGB")), max_boxes)
 
 
-def proposal_coco(images_dir: str | Path, max_boxes: int = 40, workers: int | None = None) -> dict:
+def proposal_coco(images_dir: str | Path, max_boxes: int = 40, workers: int | None = None,
+                  finder: BoxFinder | None = None) -> dict:
     """A COCO dict of every image under ``images_dir`` (searched recursively) with its unsupervised boxes as
-    annotations of one class, ``object``. ``workers``: processes (default: the CPU count, at most 8)."""
+    annotations of one class, ``object``. ``workers``: processes (default: the CPU count, at most 8).
+    ``finder``: where the boxes come from instead of the colour segments (a trained detector)."""
     if max_boxes < 1:
         raise ValueError(f"proposals_per_image must be at least 1, got {max_boxes}")
     root = Path(images_dir)
     files = list_images(root, recursive=True)
     if not files:
         raise ValueError(f"--proposals: no images in {root}")
-    workers = workers or min(os.cpu_count() or 1, 8)
-    find = partial(_image_boxes, max_boxes=max_boxes)
-    progress = dict(total=len(files), desc="unsupervised box proposals", unit="image", dynamic_ncols=True)
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            found = list(tqdm(pool.map(find, files, chunksize=4), **progress))
-    else:
-        found = list(tqdm(map(find, files), **progress))
+    found = finder(files, max_boxes) if finder is not None else _segment_boxes(files, max_boxes, workers)
     images, annotations = [], []
     for image_id, (path, ((width, height), boxes)) in enumerate(zip(files, found), start=1):
         images.append({"id": image_id, "file_name": path.relative_to(root).as_posix(), "width": width,
@@ -109,30 +118,44 @@ def proposal_coco(images_dir: str | Path, max_boxes: int = 40, workers: int | No
         for x0, y0, x1, y1 in boxes.tolist():
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
                                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
-    return {"info": {"proposals": _settings(root, max_boxes)},
+    return {"info": {"proposals": _settings(root, max_boxes, finder)},
             "images": images, "annotations": annotations,
             "categories": [{"id": 1, "name": PROPOSAL_CLASS}]}
 
 
-def cached_proposals(images_dir: str | Path, path: str | Path, max_boxes: int = 40) -> Path:
+def _segment_boxes(files: list[Path], max_boxes: int, workers: int | None) -> list:
+    """The colour-segment boxes of ``files``, in ``workers`` processes."""
+    workers = workers or min(os.cpu_count() or 1, 8)
+    find: Callable = partial(_image_boxes, max_boxes=max_boxes)
+    progress = dict(total=len(files), desc="unsupervised box proposals", unit="image", dynamic_ncols=True)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            return list(tqdm(pool.map(find, files, chunksize=4), **progress))
+    return list(tqdm(map(find, files), **progress))
+
+
+def cached_proposals(images_dir: str | Path, path: str | Path, max_boxes: int = 40,
+                     finder: BoxFinder | None = None) -> Path:
     """``path``, holding the proposals of ``images_dir`` (made now unless a file of the same images, method and
     box count is there already: a resumed run trains on the same boxes). Under torchrun the first process
     makes them and the others wait for the file, then every process reads it. The others poll the file
     rather than wait in a collective: making boxes for a large folder can outlast a process group's timeout
-    (10 minutes for NCCL), and a stale file of other settings is not taken for the new one."""
+    (10 minutes for NCCL), and a stale file of other settings is not taken for the new one. ``finder``: the
+    boxes' source instead of the colour segments (``BoxFinder``)."""
     path = Path(path)
-    wanted = _settings(images_dir, max_boxes)
+    wanted = _settings(images_dir, max_boxes, finder)
     if world_size() > 1 and not is_main_process():
         _wait_for(path, wanted)
     else:
-        _made_or_reused(images_dir, path, wanted)
+        _made_or_reused(images_dir, path, wanted, finder)
     barrier()
     return path
 
 
-def _settings(images_dir: str | Path, max_boxes: int) -> dict:
+def _settings(images_dir: str | Path, max_boxes: int, finder: BoxFinder | None = None) -> dict:
     """What a proposals file is made from, stored in it: a cached file of other settings is made again."""
-    return {"method": METHOD, "max_boxes": max_boxes, "images": str(Path(images_dir).resolve())}
+    source = {"method": METHOD} if finder is None else dict(finder.settings)
+    return {**source, "max_boxes": max_boxes, "images": str(Path(images_dir).resolve())}
 
 
 def _holds(path: Path, wanted: dict) -> bool:
@@ -151,12 +174,12 @@ def _wait_for(path: Path, wanted: dict) -> None:
         time.sleep(POLL_S)
 
 
-def _made_or_reused(images_dir: str | Path, path: Path, wanted: dict) -> None:
+def _made_or_reused(images_dir: str | Path, path: Path, wanted: dict, finder: BoxFinder | None) -> None:
     """``path`` made by this process, unless it holds these settings' proposals already."""
     if _holds(path, wanted):
         log.info("unsupervised box proposals: reusing %s", path)
         return
-    coco = proposal_coco(images_dir, wanted["max_boxes"])
+    coco = proposal_coco(images_dir, wanted["max_boxes"], finder=finder)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(coco, path, indent=None)
     boxes = len(coco["annotations"])

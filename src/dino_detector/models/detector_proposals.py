@@ -1,0 +1,84 @@
+"""A trained detector as the source of box proposals: the self-training round of detection pretraining.
+
+``train --proposals --proposals_from RUN`` trains on the confident boxes of the detector in ``RUN`` (an
+earlier ``--proposals`` run, or any trained detector: its classes are ignored) instead of the colour
+segments of data/proposals.py. CutLER's observation holds on BCCD too: the detector that learnt from noisy
+segments finds more of the objects than the segments it learnt from (BENCHMARKS.md, issue 23), so a second
+round trains on cleaner boxes.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.ops import nms
+from tqdm import tqdm
+
+from ..data.images import load_image
+
+log = logging.getLogger(__name__)
+METHOD = "detector/1"  # stored in the proposals file beside the detector's digest and the score threshold
+RUN_CHECKPOINT = "dino_detector_final.pth"  # what a run folder's detector is
+DUPLICATE_IOU = 0.7  # boxes of one object under two classes (a multi-class source) are one proposal
+BATCH = 4  # images per forward pass
+
+
+def detector_path(path: str | Path) -> Path:
+    """The detector ``path`` names: a checkpoint file, a ``save_pretrained`` folder, or a run folder (its
+    ``dino_detector_final.pth``). FileNotFoundError saying which were looked for."""
+    path = Path(path)
+    if path.is_file() or (path / "model.safetensors").is_file():
+        return path
+    if (path / RUN_CHECKPOINT).is_file():
+        return path / RUN_CHECKPOINT
+    raise FileNotFoundError(f"--proposals_from {path}: not a detector checkpoint, a save_pretrained folder "
+                            f"(model.safetensors) or a run folder with {RUN_CHECKPOINT}")
+
+
+def _digest(path: Path) -> str:
+    """sha256 of the detector's weights file: new weights at the same path make new proposals."""
+    weights = path if path.is_file() else path / "model.safetensors"
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class DetectorProposals:
+    """``BoxFinder`` (data/proposals.py) of a trained detector: per image, its detections scoring at least
+    ``min_score``, classes ignored (duplicates across classes merged), best first. The detector is loaded
+    on first use, on ``device`` ("auto": CUDA when there is one)."""
+
+    def __init__(self, path: str | Path, min_score: float = 0.3, device: str = "auto"):
+        if not 0.0 <= min_score < 1.0:
+            raise ValueError(f"proposals_min_score must be in [0, 1), got {min_score}")
+        self.path = detector_path(path)
+        self.min_score = min_score
+        self.device = device
+        self.settings = {"method": METHOD, "detector": str(self.path.resolve()), "detector_sha256": _digest(self.path),
+                         "min_score": min_score}
+
+    def __call__(self, files: list[Path], max_boxes: int) -> list[tuple[tuple[int, int], np.ndarray]]:
+        from ..runtime.device import resolve_device
+        from .detector import ObjectDetector
+        model = ObjectDetector.from_pretrained(self.path).to(resolve_device(self.device)).eval()
+        found = []
+        progress = tqdm(total=len(files), desc=f"proposals from {self.path.name}", unit="image", dynamic_ncols=True)
+        for start in range(0, len(files), BATCH):
+            images = [load_image(f) for f in files[start:start + BATCH]]
+            for image, dets in zip(images, model.predict(images, threshold=self.min_score, top_k=max(100, max_boxes))):
+                found.append((image.size, self._kept(dets, max_boxes)))
+            progress.update(len(images))
+        progress.close()
+        return found
+
+    @staticmethod
+    def _kept(dets: dict, max_boxes: int) -> np.ndarray:
+        """The class-agnostic boxes of one image's detections [K <= max_boxes, 4], best first."""
+        boxes, scores = dets["boxes"].float().cpu(), dets["scores"].float().cpu()
+        keep = nms(boxes, scores, DUPLICATE_IOU)[:max_boxes]  # nms returns indices by decreasing score
+        return boxes[keep].numpy().astype(np.float32)
