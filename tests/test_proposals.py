@@ -161,3 +161,65 @@ def test_pretraining_with_object_views_makes_the_proposals_it_draws_them_around(
     coco = json.loads((out / "proposals_0.json").read_text())
     assert len(coco["images"]) == 3 and 9 <= len(coco["annotations"]) <= 12
     assert (out / "encoder_final.pth").is_file()
+
+
+def test_a_detectors_boxes_are_merged_across_classes_ranked_and_capped():
+    from dino_detector.models.detector_proposals import DetectorProposals
+
+    dets = {"boxes": torch.tensor([[10.0, 10, 50, 50], [11, 10, 50, 51], [100, 100, 140, 160], [0, 0, 5, 5]]),
+            "scores": torch.tensor([0.6, 0.9, 0.7, 0.4]), "labels": torch.tensor([1, 2, 1, 1])}
+    kept = DetectorProposals._kept(dets, max_boxes=5)
+    # the same cell under two classes is one proposal, the better-scored box; then by score
+    assert kept.dtype == np.float32
+    np.testing.assert_array_equal(kept, [[11, 10, 50, 51], [100, 100, 140, 160], [0, 0, 5, 5]])
+    np.testing.assert_array_equal(DetectorProposals._kept(dets, max_boxes=1), [[11, 10, 50, 51]])
+
+
+def test_proposals_from_needs_proposals_and_a_detector(tmp_path):
+    from dino_detector.models.detector_proposals import DetectorProposals
+    from dino_detector.spec import plan_run
+
+    with pytest.raises(ValueError, match="add --proposals"):
+        plan_run(build_config("standard", proposals_from=str(tmp_path), train_images=str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match="run folder with dino_detector_final.pth"):
+        DetectorProposals(tmp_path)
+    with pytest.raises(ValueError, match=r"proposals_min_score must be in \[0, 1\)"):
+        DetectorProposals(tmp_path, min_score=1.0)
+
+
+def test_a_self_training_round_trains_on_the_first_rounds_confident_boxes(bccd, tmp_path):
+    from dino_detector.engine.trainer import Trainer
+    from dino_detector.models.detector import ObjectDetector
+
+    images = tmp_path / "unlabelled"
+    images.mkdir()
+    for path in sorted(bccd["images"].glob("*.jpg"))[:3]:
+        shutil.copy(path, images)
+    common = dict(dino_model="tiny", pretrained=False, image_size=128, num_queries=20, decoder_layers=1,
+                  proposals=True, proposals_per_image=6, train_images=str(images), device="cpu", num_workers=0,
+                  epochs=1, batch_size=3)
+    first = tmp_path / "round1"
+    Trainer(build_config("standard", **common, output_dir=str(first))).fit()
+    second = tmp_path / "round2"
+    trainer = Trainer(build_config("standard", **common, proposals_from=str(first), proposals_min_score=0.05,
+                                   init_from=str(first / "dino_detector_final.pth"), output_dir=str(second)))
+    made = json.loads((second / "proposals.json").read_text())
+    settings = made["info"]["proposals"]
+    assert settings["method"] == "detector/1" and settings["min_score"] == 0.05
+    assert settings["detector"] == str((first / "dino_detector_final.pth").resolve())
+    detector = ObjectDetector.from_pretrained(first / "dino_detector_final.pth")
+    for image in made["images"]:
+        boxes = torch.tensor([a["bbox"] for a in made["annotations"] if a["image_id"] == image["id"]]).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        dets = detector.predict(str(images / image["file_name"]), threshold=0.05)
+        assert 1 <= len(boxes) <= 6 and len(boxes) <= len(dets["boxes"])
+        # each box is one of the first round's detections scoring at least 0.05, best first
+        match = box_iou(boxes, dets["boxes"]).max(1)
+        assert (match.values > 0.999).all()
+        assert (dets["scores"][match.indices] >= 0.05).all()
+        assert (dets["scores"][match.indices].diff() <= 0).all()
+    assert len(trainer.train_set) == 3 and trainer.model.class_names == [PROPOSAL_CLASS]
+    # another threshold is another set of boxes: the cached file is made again
+    Trainer(build_config("standard", **common, proposals_from=str(first), proposals_min_score=0.5,
+                         output_dir=str(second)))
+    assert json.loads((second / "proposals.json").read_text())["info"]["proposals"]["min_score"] == 0.5
