@@ -4,6 +4,12 @@ Every tensor whose name and shape match is loaded. The class-indexed tensors (ea
 the denoising label embedding) are rebuilt for the new classes: the row of a class whose name the source
 model also has is that class's row there; a new class keeps its fresh initialisation; a softmax classifier's
 "no object" row is carried over. Everything else of the run (epochs, optimizer, schedule) starts fresh.
+
+A class-agnostic source (one class, ``object``: a ``--proposals`` detection pretraining run) is the exception:
+its one class is objectness, so every class head row of the new classes starts as that row. A fresh row would
+score every query alike, and the two-stage selection, which ranks the encoder's proposals by the class head,
+would pick random positions until the new head has learnt what the pretrained one already knew: where the
+objects are. (The denoising label embedding stays fresh: its rows must tell the classes apart.)
 """
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from ..data.proposals import PROPOSAL_CLASS
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +32,15 @@ class TransferReport:
     new_classes: list[str] = field(default_factory=list)
     reinitialised: list[str] = field(default_factory=list)  # tensors of this model the source could not fill
     dropped: list[str] = field(default_factory=list)  # tensors of the source this model has no use for
+    from_objectness: list[str] = field(default_factory=list)  # new classes whose head rows start as "object"'s
 
     def lines(self, source: str) -> list[str]:
         out = [f"initialised from {source}: {len(self.loaded)} tensors loaded, {len(self.class_rows)} class-indexed "
                f"tensors rebuilt (classes carried over: {', '.join(self.shared_classes) or 'none'}; new: "
                f"{', '.join(self.new_classes) or 'none'})"]
+        if self.from_objectness:
+            out.append(f"  class-agnostic source: the class heads of {', '.join(self.from_objectness)} start from "
+                       "its objectness row")
         for title, names in (("re-initialised", self.reinitialised), ("dropped from the source", self.dropped)):
             if names:
                 more = f" ... and {len(names) - 6} more" if len(names) > 6 else ""
@@ -60,6 +72,9 @@ def init_from(model, path: str | Path, weights: str = "auto") -> TransferReport:
     row_of = {i: source_names.index(n) for i, n in enumerate(names) if n in source_names}
     report.shared_classes = [names[i] for i in row_of]
     report.new_classes = [n for n in names if n not in source_names]
+    objectness = source_names == [PROPOSAL_CLASS] and not model.softmax and not source_softmax
+    if objectness:
+        report.from_objectness = report.new_classes
     new_state = {}
     for name, tensor in own.items():
         if name not in source:
@@ -74,6 +89,9 @@ def init_from(model, path: str | Path, weights: str = "auto") -> TransferReport:
             rows = tensor.clone()
             for i, j in row_of.items():
                 rows[i] = src[j]
+            if objectness and name != "denoising.label_embed.weight":
+                for i in (i for i in range(len(names)) if i not in row_of):
+                    rows[i] = src[0]
             if model.softmax and name != "denoising.label_embed.weight":
                 rows[-1] = src[-1]  # the "no object" logit
             new_state[name] = rows
