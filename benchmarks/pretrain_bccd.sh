@@ -12,9 +12,12 @@
 #                   --proposals, 19.5 CPU minutes), started from the `pretrain` step's encoder at the full
 #                   backbone lr (BOXES_EXTRA="--dino_model flexible-tiny": from random weights), then
 #                   knn_boxes, frozen_boxes (its encoder under the light probe: 2.03x random, the best so far)
-#                   and finetune_boxes (the whole detector through --init_from, a fresh class head);
+#                   and finetune_boxes (the whole detector through --init_from; its class rows start from
+#                   the box detector's objectness);
+#   boxes2          a self-training round (19.5 CPU minutes): the `boxes` detector trained on to its own boxes
+#                   scoring >= 0.3 (--proposals_from), then knn_boxes2, frozen_boxes2, finetune_boxes2;
 #   report          the table of every run's AP (BCCD val) with means and spreads.
-# Usage: bash benchmarks/pretrain_bccd.sh [OUT_DIR [STEP ...]]   (default: all steps, about 4 h on
+# Usage: bash benchmarks/pretrain_bccd.sh [OUT_DIR [STEP ...]]   (default: all steps, about 5 h 20 min on
 # 2 CPU cores; run nothing else meanwhile). The detection budgets do not include the pretraining time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +51,10 @@ PROBE=(--backbone_mode frozen --backbone_feature_layers 1 --num_feature_levels 1
 BOXES=(--preset two-stage --image_size 384 --epochs 1000 --checkpoint_every 0 --time_budget_min 19.5 --seed 0
        --train_images $D/JPEGImages --proposals --dino_model "$OUT/pretrain" --lr_backbone 3.5e-4
        --output_dir "$OUT/boxes" ${BOXES_EXTRA:-})
-encoder_of() { case $1 in random) echo flexible-tiny;; boxes) echo "$OUT/boxes";; *) echo "$ENCODER";; esac; }
+BOXES2=(--preset two-stage --image_size 384 --epochs 1000 --checkpoint_every 0 --time_budget_min 19.5 --seed 0
+        --train_images $D/JPEGImages --proposals --proposals_from "$OUT/boxes" --dino_model "$OUT/pretrain"
+        --init_from "$OUT/boxes/dino_detector_final.pth" --lr_backbone 3.5e-4 --output_dir "$OUT/boxes2")
+encoder_of() { case $1 in random) echo flexible-tiny;; boxes*) echo "$OUT/$1";; *) echo "$ENCODER";; esac; }
 show() { grep -E "INFO (training|pretraining|encoder|pretrained encoder|unsupervised|val final|time budget)|^AP |error" || true; }
 
 if want knn_random; then $py -m dino_detector.pretrain "${KNN[@]}" --arch flexible-tiny --output_dir "$OUT/knn_random"; fi
@@ -56,17 +62,20 @@ if want pretrain; then $py -m dino_detector.pretrain "${PRETRAIN[@]}" --output_d
 if want knn_pretrained; then $py -m dino_detector.pretrain "${KNN[@]}" --encoder "$ENCODER" \
     --output_dir "$OUT/knn_pretrained"; fi
 if want boxes; then $py -m dino_detector.train "${BOXES[@]}" 2>&1 | show; fi
-if want knn_boxes; then $py -m dino_detector.pretrain "${KNN[@]}" --encoder "$OUT/boxes/encoder_final.pth" \
-    --output_dir "$OUT/knn_boxes"; fi
-for which in random pretrained boxes; do
+if want boxes2; then $py -m dino_detector.train "${BOXES2[@]}" 2>&1 | show; fi
+for which in boxes boxes2; do
+  if want knn_$which; then $py -m dino_detector.pretrain "${KNN[@]}" --encoder "$OUT/$which/encoder_final.pth" \
+      --output_dir "$OUT/knn_$which"; fi
+done
+for which in random pretrained boxes boxes2; do
   if want frozen_$which; then for seed in 1 2; do
     $py -m dino_detector.train "${DET[@]}" "${PROBE[@]}" --time_budget_min 10 --seed $seed \
       --dino_model "$(encoder_of $which)" --output_dir "$OUT/frozen_${which}_s$seed" 2>&1 | show
   done; fi
 done
-for which in random pretrained boxes; do
-  # the box-pretrained run carries its whole detector (--init_from), the others their encoder
-  if [ $which = boxes ]; then START=(--init_from "$OUT/boxes/dino_detector_final.pth")
+for which in random pretrained boxes boxes2; do
+  # the box-pretrained runs carry their whole detector (--init_from), the others their encoder
+  if [[ $which == boxes* ]]; then START=(--init_from "$OUT/$which/dino_detector_final.pth")
   else START=(--dino_model "$(encoder_of $which)"); fi
   if want finetune_$which; then for seed in 1 2 3; do
     $py -m dino_detector.train "${DET[@]}" --time_budget_min 12 --seed $seed \
@@ -77,19 +86,19 @@ if want report; then $py - "$OUT" <<'EOF'
 import json, statistics, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-for kind in ("knn_random", "knn_pretrained", "knn_boxes"):
+for kind in ("knn_random", "knn_pretrained", "knn_boxes", "knn_boxes2"):
     f = out / kind / "knn_metrics.json"
     if f.is_file():
         print(f"{kind}: balanced accuracy {json.loads(f.read_text())['balanced_accuracy']:.4f}")
 for mode in ("frozen", "finetune"):
     means = {}
-    for which in ("random", "pretrained", "boxes"):
+    for which in ("random", "pretrained", "boxes", "boxes2"):
         aps = [json.loads(f.read_text())["AP"] for f in sorted(out.glob(f"{mode}_{which}_s*/val_metrics_final.json"))]
         if aps:
             means[which] = statistics.mean(aps)
             spread = f" +- {statistics.stdev(aps):.4f}" if len(aps) > 1 else ""
             print(f"{mode} {which}: AP {means[which]:.4f}{spread}  seeds {[round(a, 4) for a in aps]}")
-    for which in ("pretrained", "boxes"):  # the must-shows: frozen as a ratio, fine-tuning as a gain
+    for which in ("pretrained", "boxes", "boxes2"):  # the must-shows: frozen as a ratio, fine-tuning as a gain
         if which in means and means.get("random", 0) > 0:
             print(f"{mode}: {which} / random {means[which] / means['random']:.2f}, "
                   f"{which} - random {means[which] - means['random']:+.4f}")

@@ -62,3 +62,37 @@ def test_init_from_and_resume_are_exclusive(trained_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="--init_from starts a new run"):
         Trainer(build_config(**MODEL, init_from=str(trained_checkpoint), checkpoint=str(trained_checkpoint),
                              output_dir=str(tmp_path)))
+
+
+def test_a_class_agnostic_source_gives_every_new_class_its_objectness_row(tmp_path, caplog):
+    """A --proposals run has one class, "object": its class head rows are objectness, and each new class
+    starts from them, so before any step every class scores each query as the source scored "object"."""
+    from dino_detector.models.transfer import init_from
+
+    torch.manual_seed(0)
+    model_cfg = build_config("two-stage", **MODEL).model
+    for name, first in (("object", True), ("person", False)):
+        source = ObjectDetector(num_classes=1, class_names=[name], config=model_cfg).eval()
+        with torch.no_grad():
+            for tensor_name in source.class_indexed_tensors():
+                source.get_parameter(tensor_name).normal_()  # rows unlike any fresh initialisation
+        source.save_pretrained(tmp_path / name)
+        model = ObjectDetector(num_classes=3, class_names=["a", "b", "c"], config=model_cfg).eval()
+        with caplog.at_level("INFO"):
+            report = init_from(model, tmp_path / name)
+        src, new = source.state_dict(), model.state_dict()
+        heads = sorted(model.class_indexed_tensors() - {"denoising.label_embed.weight"})
+        assert "proposals.class_head" in {h.split(".layers")[0] for h in heads}  # the two-stage selection's too
+        for tensor_name in heads:
+            assert all(torch.equal(new[tensor_name][i], src[tensor_name][0]) for i in range(3)) == first, tensor_name
+        # the denoising label embedding tells the classes apart: never three copies of one row
+        assert not torch.equal(new["denoising.label_embed.weight"][0], new["denoising.label_embed.weight"][1])
+        assert report.from_objectness == (["a", "b", "c"] if first else [])
+        if first:
+            image = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                a, b = source(image), model(image)
+            torch.testing.assert_close(b["pred_boxes"], a["pred_boxes"])  # the same queries selected
+            # (a 3-column matmul rounds unlike a 1-column one in the last bits)
+            torch.testing.assert_close(b["pred_logits"], a["pred_logits"].expand_as(b["pred_logits"]))
+    assert caplog.text.count("start from its objectness row") == 1
