@@ -8,8 +8,6 @@ round trains on cleaner boxes.
 """
 from __future__ import annotations
 
-import hashlib
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +15,9 @@ import torch
 from torchvision.ops import nms
 from tqdm import tqdm
 
+from ..data.download import file_md5
 from ..data.images import load_image
 
-log = logging.getLogger(__name__)
 METHOD = "detector/1"  # stored in the proposals file beside the detector's digest and the score threshold
 RUN_CHECKPOINT = "dino_detector_final.pth"  # what a run folder's detector is
 DUPLICATE_IOU = 0.7  # boxes of one object under two classes (a multi-class source) are one proposal
@@ -38,16 +36,6 @@ def detector_path(path: str | Path) -> Path:
                             f"(model.safetensors) or a run folder with {RUN_CHECKPOINT}")
 
 
-def _digest(path: Path) -> str:
-    """sha256 of the detector's weights file: new weights at the same path make new proposals."""
-    weights = path if path.is_file() else path / "model.safetensors"
-    digest = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class DetectorProposals:
     """``BoxFinder`` (data/proposals.py) of a trained detector: per image, its detections scoring at least
     ``min_score``, classes ignored (duplicates across classes merged), best first. The detector is loaded
@@ -59,7 +47,9 @@ class DetectorProposals:
         self.path = detector_path(path)
         self.min_score = min_score
         self.device = device
-        self.settings = {"method": METHOD, "detector": str(self.path.resolve()), "detector_sha256": _digest(self.path),
+        # the weights' digest too: new weights at the same path make new proposals
+        weights = self.path if self.path.is_file() else self.path / "model.safetensors"
+        self.settings = {"method": METHOD, "detector": str(self.path.resolve()), "detector_md5": file_md5(weights),
                          "min_score": min_score}
 
     def __call__(self, files: list[Path], max_boxes: int) -> list[tuple[tuple[int, int], np.ndarray]]:
