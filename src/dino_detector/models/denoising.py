@@ -20,6 +20,10 @@ from torchvision.ops import box_convert
 
 from .heads import inverse_sigmoid
 
+# the detector's state-dict name of the class embedding of noised queries: class-indexed, but an input, not a
+# class head (models/transfer.py rebuilds it row by row and never from another class's row)
+LABEL_EMBEDDING = "denoising.label_embed.weight"
+
 
 @dataclass
 class DenoisingBatch:

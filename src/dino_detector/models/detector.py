@@ -21,7 +21,7 @@ from ..backbones.resolve import resolve_backbone
 from ..backbones.vit import ViTBackbone
 from ..config import ModelConfig
 from ..data.transforms import Resize
-from .denoising import DenoisingQueries
+from .denoising import LABEL_EMBEDDING, DenoisingQueries
 from .heads import HeadSpec, inverse_sigmoid
 from .position import map_coordinates, map_position_embedding
 from .postprocess import postprocess
@@ -166,7 +166,7 @@ class ObjectDetector(nn.Module):
             heads.append("proposals.class_head")
         last = {h: len(self.get_submodule(h).layers) - 1 for h in heads}
         names = {f"{h}.layers.{i}.{p}" for h, i in last.items() for p in ("weight", "bias")}
-        return names | ({"denoising.label_embed.weight"} if self.denoising is not None else set())
+        return names | ({LABEL_EMBEDDING} if self.denoising is not None else set())
 
     @property
     def softmax(self) -> bool:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..data.download import file_md5
 from ..data.images import load_image
+from .persistence import weights_file
 
 METHOD = "detector/1"  # stored in the proposals file beside the detector's digest and the score threshold
 RUN_CHECKPOINT = "dino_detector_final.pth"  # what a run folder's detector is
@@ -28,7 +29,7 @@ def detector_path(path: str | Path) -> Path:
     """The detector ``path`` names: a checkpoint file, a ``save_pretrained`` folder, or a run folder (its
     ``dino_detector_final.pth``). FileNotFoundError saying which were looked for."""
     path = Path(path)
-    if path.is_file() or (path / "model.safetensors").is_file():
+    if weights_file(path).is_file():
         return path
     if (path / RUN_CHECKPOINT).is_file():
         return path / RUN_CHECKPOINT
@@ -39,7 +40,7 @@ def detector_path(path: str | Path) -> Path:
 class DetectorProposals:
     """``BoxFinder`` (data/proposals.py) of a trained detector: per image, its detections scoring at least
     ``min_score``, classes ignored (duplicates across classes merged), best first. The detector is loaded
-    on first use, on ``device`` ("auto": CUDA when there is one)."""
+    when the boxes are made (not for a cached file), on ``device`` ("auto": CUDA when there is one)."""
 
     def __init__(self, path: str | Path, min_score: float = 0.3, device: str = "auto"):
         if not 0.0 <= min_score < 1.0:
@@ -48,9 +49,8 @@ class DetectorProposals:
         self.min_score = min_score
         self.device = device
         # the weights' digest too: new weights at the same path make new proposals
-        weights = self.path if self.path.is_file() else self.path / "model.safetensors"
-        self.settings = {"method": METHOD, "detector": str(self.path.resolve()), "detector_md5": file_md5(weights),
-                         "min_score": min_score}
+        self.settings = {"method": METHOD, "detector": str(self.path.resolve()),
+                         "detector_md5": file_md5(weights_file(self.path)), "min_score": min_score}
 
     def __call__(self, files: list[Path], max_boxes: int) -> list[tuple[tuple[int, int], np.ndarray]]:
         from ..runtime.device import resolve_device

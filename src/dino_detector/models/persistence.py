@@ -23,6 +23,7 @@ from ..data.transforms import Resize
 from ..runtime.checkpoint import load_checkpoint
 
 WEIGHTS = ("auto", "raw", "ema")
+WEIGHTS_FILE = "model.safetensors"  # a save_pretrained folder's one set of weights
 # settings that change the training, or are recorded, not the shapes: not reported as architecture differences
 NOT_ARCHITECTURE = {"pretrained", "dino_weights", "backbone_weights", "backbone_arch", "backbone_mode", "lora_dropout",
                     "dropout", "head_dropout", "aux_loss", "class_names", "category_ids", "soft_nms_sigma"}
@@ -103,7 +104,7 @@ def save_pretrained(model, directory: str | Path, metrics: dict | None = None, s
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"))
+    save_file(state, str(directory / WEIGHTS_FILE))
     saved = {**(spec if spec is not None else model.metadata()), "weights": model.weights}  # raw or ema
     (directory / "config.json").write_text(json.dumps(saved, indent=2))
     (directory / "README.md").write_text(model_card(model, metrics, spec))
@@ -117,9 +118,15 @@ def load_pretrained(cls, directory: str | Path, weights: str = "auto"):
         return cls.from_checkpoint(directory, weights=weights)
     saved = saved_settings(directory)
     model = cls.from_metadata(saved)
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     model.weights = saved.get("weights", "raw")  # a folder holds one set: the one it was exported with
     return model
+
+
+def weights_file(path: str | Path) -> Path:
+    """The file that holds the weights of a checkpoint file (itself) or of a ``save_pretrained`` folder."""
+    path = Path(path)
+    return path if path.is_file() else path / WEIGHTS_FILE
 
 
 def saved_settings(path: str | Path) -> dict:

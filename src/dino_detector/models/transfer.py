@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..data.proposals import PROPOSAL_CLASS
+from .denoising import LABEL_EMBEDDING
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +51,15 @@ class TransferReport:
 
 def load_source(path: str | Path, weights: str = "auto"):
     """(state dict, class names, softmax) of a trained detector: a checkpoint file or a save_pretrained folder."""
-    from .persistence import checkpoint_weights, load_detector_checkpoint, saved_model_settings, saved_settings
+    from .persistence import (checkpoint_weights, load_detector_checkpoint, saved_model_settings, saved_settings,
+                              weights_file)
     path = Path(path)
     if path.is_file():
         ckpt = load_detector_checkpoint(path)
         state, _ = checkpoint_weights(ckpt, weights, path)
     else:
         from safetensors.torch import load_file
-        state = load_file(str(path / "model.safetensors"))
+        state = load_file(str(weights_file(path)))
     cfg, _ = saved_model_settings(saved_settings(path))
     return state, list(cfg.class_names), cfg.classifier == "softmax"
 
@@ -82,17 +84,17 @@ def init_from(model, path: str | Path, weights: str = "auto") -> TransferReport:
         elif name in indexed:
             src = source[name]
             # a softmax head has a "no object" row a sigmoid head lacks: rows of one do not mean those of the other
-            other_meaning = model.softmax != source_softmax and name != "denoising.label_embed.weight"
+            other_meaning = model.softmax != source_softmax and name != LABEL_EMBEDDING
             if src.shape[1:] != tensor.shape[1:] or other_meaning:
                 report.reinitialised.append(name)
                 continue
             rows = tensor.clone()
             for i, j in row_of.items():
                 rows[i] = src[j]
-            if objectness and name != "denoising.label_embed.weight":
+            if objectness and name != LABEL_EMBEDDING:
                 for i in (i for i in range(len(names)) if i not in row_of):
                     rows[i] = src[0]
-            if model.softmax and name != "denoising.label_embed.weight":
+            if model.softmax and name != LABEL_EMBEDDING:
                 rows[-1] = src[-1]  # the "no object" logit
             new_state[name] = rows
             report.class_rows.append(name)
