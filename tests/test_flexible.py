@@ -9,10 +9,10 @@ from dino_detector.backbones.resolve import resolve_backbone_mode, weights_sourc
 from dino_detector.backbones.flexible import FlexibleEncoder
 
 
-@pytest.fixture(scope="module")
-def encoder():
+@pytest.fixture(scope="module", params=["flexible-tiny", "flexible-lite"])
+def encoder(request):
     torch.manual_seed(0)
-    return FlexibleEncoder("flexible-tiny").eval()
+    return FlexibleEncoder(request.param).eval()
 
 
 @pytest.mark.parametrize("size", [(224, 224), (333, 517), (640, 480)])
@@ -50,10 +50,11 @@ def test_masked_positions_take_the_mask_token(encoder):
     assert torch.equal(plain, unmasked)
 
 
-def test_detector_on_the_flexible_encoder_is_independent_of_batch_padding():
-    model = build_small_detector(num_classes=3, dino_model="flexible-tiny", backbone_mode="auto")
+@pytest.mark.parametrize("name", ["flexible-tiny", "flexible-lite"])
+def test_detector_on_the_flexible_encoder_is_independent_of_batch_padding(name):
+    model = build_small_detector(num_classes=3, dino_model=name, backbone_mode="auto")
     assert model.backbone.patch_size == 16
-    assert resolve_backbone_mode("auto", weights_source("flexible-tiny", pretrained=True)) == "full"  # no published weights: train it
+    assert resolve_backbone_mode("auto", weights_source(name, pretrained=True)) == "full"  # no published weights: train it
     model.eval()
     small, large = torch.rand(3, 70, 90), torch.rand(3, 130, 150)
     with torch.no_grad():
@@ -103,3 +104,33 @@ def test_detector_with_the_stem_level_is_independent_of_batch_padding():
 def test_stem_level_needs_the_x2_pyramid_level():
     with pytest.raises(ValueError, match="num_feature_levels >= 3"):
         build_small_detector(num_classes=2, dino_model="flexible-tiny", num_feature_levels=2, fine_level="stem")
+
+
+def test_lite_blocks_attend_on_the_stride_32_grid_and_return_stride_16_tokens():
+    """flexible-lite: its blocks see 1 + ceil(h/2) * ceil(w/2) tokens (a quarter), its output is the coarse
+    token repeated over each 2 x 2 cell plus that cell's own stride-16 stem token."""
+    torch.manual_seed(0)
+    lite = FlexibleEncoder("flexible-lite").eval()
+    seen = []
+    lite.encoder.layer[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    x = torch.rand(1, 3, 80, 112)  # a 5 x 7 grid at stride 16 -> 3 x 4 at stride 32
+    with torch.no_grad():
+        out = lite(pixel_values=x, output_hidden_states=True)
+        grid, _ = lite.embeddings.grid(x, None)
+    assert seen == [torch.Size([1, 1 + 3 * 4, 192])]
+    assert out.last_hidden_state.shape == (1, 1 + 5 * 7, 192)
+    assert len(out.hidden_states) == 7 and all(s.shape == (1, 1 + 5 * 7, 192) for s in out.hidden_states)
+    last = out.hidden_states[-1][0, 1:].T.reshape(192, 5, 7) - grid[0]  # the skip removed: 2 x 2 repeats
+    assert torch.allclose(last[:, 0, 0], last[:, 1, 1], atol=1e-5)
+    assert not torch.allclose(last[:, 0, 0], last[:, 0, 2], atol=1e-3)  # the next coarse cell differs
+    assert torch.allclose(lite.layernorm(out.hidden_states[-1]), out.last_hidden_state, atol=1e-6)
+
+
+def test_lite_encoder_is_a_quarter_of_the_tiny_encoders_cost():
+    from benchmarks.flops import count_flops
+
+    x = torch.rand(1, 3, 512, 512)
+    with torch.no_grad():
+        tiny, lite = (count_flops(lambda e=FlexibleEncoder(n).eval(): e(pixel_values=x))
+                      for n in ("flexible-tiny", "flexible-lite"))
+    assert lite < 0.25 * tiny

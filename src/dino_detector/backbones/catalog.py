@@ -4,6 +4,8 @@ weights. The rules that turn a model section into a resolved one live in resolve
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 # name -> (family, config kwargs). Values follow the official releases' config.json files.
 ARCHITECTURES: dict[str, tuple[str, dict]] = {
     "tiny": ("dinov2", dict(hidden_size=192, num_hidden_layers=6, num_attention_heads=3, mlp_ratio=4)),
@@ -44,11 +46,27 @@ FAMILY_DEFAULTS = {
     "dinov3": dict(patch_size=16, image_size=224, num_register_tokens=4, layerscale_value=1.0,
                    key_bias=False, layer_norm_eps=1e-5, rope_theta=100.0, pos_embed_rescale=2.0),
 }
-# our flexible encoder (flexible.py): name -> (hidden size, blocks, heads, stem widths at strides 2/4 and 8)
+class FlexibleArch(NamedTuple):
+    """Our flexible encoder's shape (flexible.py). ``c1`` / ``c2``: stem widths at strides 2-4 and 8;
+    ``block_stride``: the grid the ViT blocks attend on (16, or 32 for 4x fewer tokens: the ``lite``
+    encoder, whose output is brought back to stride 16 by the stem's own stride-16 tokens);
+    ``stem_stride``: the first convolution's stride (2: two 3x3 stride-2 convolutions to stride 4;
+    4: one 4 x 4 patchify convolution, which spares the costly full-resolution map)."""
+    dim: int
+    depth: int
+    heads: int
+    c1: int
+    c2: int
+    block_stride: int = 16
+    stem_stride: int = 2
+
+
 FLEXIBLE_ARCHITECTURES = {
-    "flexible-tiny": (192, 6, 3, 32, 96),
-    "flexible-small": (384, 12, 6, 48, 192),
-    "flexible-base": (768, 12, 12, 64, 256),
+    "flexible-tiny": FlexibleArch(192, 6, 3, 32, 96),
+    "flexible-small": FlexibleArch(384, 12, 6, 48, 192),
+    "flexible-base": FlexibleArch(768, 12, 12, 64, 256),
+    # for CPU deployment: a quarter of flexible-tiny's tokens in the blocks and no stride-2 map
+    "flexible-lite": FlexibleArch(192, 6, 3, 32, 96, block_stride=32, stem_stride=4),
 }
 # architectures without published weights: a random-initialised DINOv2-architecture ViT-Ti/14 for CPU runs
 # and tests (the flexible encoders have none either: pretrain them with ``dino_detector.pretrain``)

@@ -1,5 +1,10 @@
-"""The flexible encoder (``--dino_model flexible-tiny|flexible-small|flexible-base``): a convolutional stem
-(strides 2, 4, 8) then ViT blocks on a stride-16 grid, for images of any H x W.
+"""The flexible encoder (``--dino_model flexible-tiny|flexible-small|flexible-base|flexible-lite``): a
+convolutional stem (strides 2, 4, 8) then ViT blocks on a stride-16 grid, for images of any H x W.
+
+``flexible-lite`` is built for CPU deployment: a 4 x 4 patchify convolution replaces the stem's
+full-resolution stride-2 layer, and its blocks attend on the stride-16 map pooled 2 x 2 (a quarter of the
+tokens, a sixteenth of the attention); their output is repeated back onto the stride-16 grid and added to
+the stem's own stride-16 tokens, so the rest of the package sees the same stride-16 interface.
 
 The stem gives the transformer local, translation-equivariant features (cheaper than a large patch
 projection and easier to pretrain on small data); the ViT blocks add global context. Positions are a 2D
@@ -83,26 +88,41 @@ def conv_bn_act(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 class Embeddings(nn.Module):
-    """Stem (stride 8 map) -> 2x2 stride-2 projection to the ViT grid, CLS token, mask token, positions."""
+    """Stem (stride 8 map) -> 2x2 stride-2 projection to the stride-16 grid, mask token; then positions and
+    the CLS token on the grid the blocks attend on (``block_stride`` 16: that grid; 32: it pooled 2 x 2)."""
 
-    def __init__(self, dim: int, c1: int, c2: int):
+    def __init__(self, dim: int, c1: int, c2: int, block_stride: int = PATCH, stem_stride: int = 2):
         super().__init__()
-        self.stem = nn.Sequential(conv_bn_act(3, c1, 2), conv_bn_act(c1, c1, 2), conv_bn_act(c1, c2, 2))
+        if stem_stride == 4:  # one patchify convolution: no full-resolution stride-2 map to normalise
+            first = nn.Sequential(nn.Conv2d(3, c1, 4, 4, bias=False), nn.GroupNorm(1, c1), nn.GELU())
+            self.stem = nn.Sequential(first, conv_bn_act(c1, c2, 2))
+        else:
+            self.stem = nn.Sequential(conv_bn_act(3, c1, 2), conv_bn_act(c1, c1, 2), conv_bn_act(c1, c2, 2))
         self.patch_embeddings = nn.Conv2d(c2, dim, 2, 2)
+        self.block_stride = block_stride
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))  # replaces masked patches (iBOT pretraining)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
-    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None):
-        """pixel_values [B, 3, H, W] (H, W multiples of 16) -> tokens [B, 1 + h*w, D], stride-8 map, (h, w)."""
+    def grid(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None):
+        """pixel_values [B, 3, H, W] (H, W multiples of 16) -> stride-16 map [B, D, h, w] (masked cells take
+        the mask token), stride-8 map."""
         stride8 = self.stem(pixel_values)
         grid = self.patch_embeddings(stride8)
-        b, d, h, w = grid.shape
-        tokens = grid.flatten(2).transpose(1, 2)
         if bool_masked_pos is not None:
-            tokens = torch.where(bool_masked_pos[..., None], self.mask_token.to(tokens.dtype), tokens)
-        tokens = tokens + sincos_positions(h, w, d, tokens.device, tokens.dtype)
-        return torch.cat([self.cls_token.expand(b, -1, -1).to(tokens.dtype), tokens], 1), stride8, (h, w)
+            b, d, h, w = grid.shape
+            masked = bool_masked_pos.view(b, 1, h, w)
+            grid = torch.where(masked, self.mask_token.to(grid.dtype).view(1, d, 1, 1), grid)
+        return grid, stride8
+
+    def tokens(self, grid: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Stride-16 map [B, D, h, w] -> the blocks' tokens [B, 1 + h'*w', D] with positions and CLS, and
+        (h', w'): (h, w), or the map average-pooled to stride 32 (odd sides rounded up)."""
+        if self.block_stride != PATCH:
+            grid = F.avg_pool2d(grid, 2, ceil_mode=True)
+        b, d, h, w = grid.shape
+        tokens = grid.flatten(2).transpose(1, 2) + sincos_positions(h, w, d, grid.device, grid.dtype)
+        return torch.cat([self.cls_token.expand(b, -1, -1).to(tokens.dtype), tokens], 1), (h, w)
 
 
 @dataclass
@@ -119,12 +139,14 @@ class FlexibleEncoder(nn.Module):
         super().__init__()
         if name not in FLEXIBLE_ARCHITECTURES:
             raise ValueError(f"unknown flexible encoder '{name}'; choose one of {sorted(FLEXIBLE_ARCHITECTURES)}")
-        dim, depth, heads, c1, c2 = FLEXIBLE_ARCHITECTURES[name]
+        arch = FLEXIBLE_ARCHITECTURES[name]
         self.name = name
-        self.config = SimpleNamespace(hidden_size=dim, num_hidden_layers=depth, num_attention_heads=heads,
-                                      patch_size=PATCH, num_register_tokens=0, model_type="flexible")
-        self.embeddings = Embeddings(dim, c1, c2)
-        self.stem_channels = c2
+        self.config = SimpleNamespace(hidden_size=arch.dim, num_hidden_layers=arch.depth,
+                                      num_attention_heads=arch.heads, patch_size=PATCH, num_register_tokens=0,
+                                      model_type="flexible")
+        self.embeddings = Embeddings(arch.dim, arch.c1, arch.c2, arch.block_stride, arch.stem_stride)
+        self.stem_channels = arch.c2
+        dim, depth, heads = arch.dim, arch.depth, arch.heads
         self.encoder = nn.Module()
         self.encoder.layer = nn.ModuleList(Block(dim, heads) for _ in range(depth))
         self.layernorm = nn.LayerNorm(dim, eps=1e-6)
@@ -138,27 +160,39 @@ class FlexibleEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None,
                 output_hidden_states: bool = False) -> EncoderOutput:
-        """pixel_values [B, 3, H, W], H and W multiples of 16 (ViTBackbone pads); bool_masked_pos [B, h*w]."""
-        x, stem_map, _ = self.embeddings(pixel_values, bool_masked_pos)
+        """pixel_values [B, 3, H, W], H and W multiples of 16 (ViTBackbone pads); bool_masked_pos [B, h*w]
+        on the stride-16 grid. Tokens come out on that grid whatever ``block_stride``."""
+        grid, stem_map = self.embeddings.grid(pixel_values, bool_masked_pos)
+        x, block_grid = self.embeddings.tokens(grid)
         states = [x]
         for block in self.encoder.layer:
             x = block(x)
             states.append(x)
+        if block_grid != grid.shape[-2:]:
+            x = self._back_to_grid(x, grid, block_grid)
+            states = [self._back_to_grid(s, grid, block_grid) for s in states] if output_hidden_states else states
         return EncoderOutput(self.layernorm(x), tuple(states) if output_hidden_states else None, stem_map)
+
+    @staticmethod
+    def _back_to_grid(tokens: torch.Tensor, grid: torch.Tensor, coarse_hw: tuple[int, int]) -> torch.Tensor:
+        """Tokens [B, 1 + h'*w', D] of the stride-32 grid (h', w') -> [B, 1 + h*w, D] on the stride-16
+        ``grid`` [B, D, h, w]: each coarse token repeated over its 2 x 2 cells plus the cells' own stem tokens
+        (the skip that keeps stride-16 detail), CLS kept."""
+        b, d, h, w = grid.shape
+        coarse = tokens[:, 1:].transpose(1, 2).reshape(b, d, *coarse_hw)
+        fine = F.interpolate(coarse, scale_factor=2.0, mode="nearest")[..., :h, :w] + grid
+        return torch.cat([tokens[:, :1], fine.flatten(2).transpose(1, 2)], 1)
 
     def maps(self, pixel_values: torch.Tensor) -> dict[int, torch.Tensor]:
         """{8: [B, c, H/8, W/8], 16: [B, D, H/16, W/16], 32: [B, D, H/32, W/32]} for any H x W (padded up to
         a multiple of 16 with zeros, i.e. the mean colour after normalisation)."""
         h, w = pixel_values.shape[-2:]
         pixel_values = F.pad(pixel_values, (0, -w % PATCH, 0, -h % PATCH))
-        x, stride8, (gh, gw) = self.embeddings(pixel_values, None)
-        for block in self.encoder.layer:
-            x = block(x)
-        grid = self.layernorm(x)[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
+        out = self(pixel_values)
+        gh, gw = pixel_values.shape[-2] // PATCH, pixel_values.shape[-1] // PATCH
+        grid = out.last_hidden_state[:, 1:].transpose(1, 2).reshape(pixel_values.shape[0], -1, gh, gw)
         # stride 32 without parameters: the detector does not use it, and unused weights would stall DDP
-        return {8: stride8, 16: grid, 32: F.avg_pool2d(grid, 2, ceil_mode=True)}
-
-
+        return {8: out.stem_map, 16: grid, 32: F.avg_pool2d(grid, 2, ceil_mode=True)}
 
 
 def is_flexible(name: str) -> bool:

@@ -20,7 +20,7 @@ class PretrainDataConfig(Settings):
 @dataclass(frozen=True)
 class EncoderConfig(Settings):
     """The encoder to pretrain."""
-    arch: str = "flexible-tiny"  # encoder: flexible-tiny|small|base, or a DINOv2 / DINOv3 name, hub id or folder
+    arch: str = "flexible-tiny"  # encoder: flexible-tiny|small|base|lite, or a DINOv2 / DINOv3 name, hub id or folder
     pretrained: bool = False  # start a DINOv2 / DINOv3 arch from its published weights (continued pretraining)
 
 

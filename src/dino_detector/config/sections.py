@@ -18,7 +18,7 @@ from .settings import RESOLVED, Settings
 @dataclass(frozen=True)
 class ModelConfig(Settings):
     """Backbone, transformer, queries and prediction heads."""
-    dino_model: str = "facebook/dinov2-base"  # backbone: hub id, local model folder, tiny, flexible-tiny|small|base, or a pretrain encoder file
+    dino_model: str = "facebook/dinov2-base"  # backbone: hub id, local model folder, tiny, flexible-tiny|small|base|lite, or a pretrain encoder file
     pretrained: bool = True  # load the backbone's pretrained weights (--no_pretrained: its architecture, random weights)
     dino_weights: str = ""  # official DINOv2 checkpoint file (dinov2_vits14_pretrain.pth ...) for --dino_model, no hub needed
     backbone_weights: str = field(default="auto", metadata=RESOLVED)  # where the backbone weights come from: random, hub, folder, official or encoder
