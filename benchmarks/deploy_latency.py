@@ -56,7 +56,7 @@ def ours(variant: str, side: int, calibration: str, work: Path) -> dict:
 
     def call(backend):
         return lambda: backend.detect([image], [(side, side)], threshold=0.0, top_k=100)
-    shown = {"flexible": "two-stage"}.get(variant, variant)
+    shown = {"flexible": "two-stage", "flexible-lite": "two-stage-lite"}.get(variant, variant)
     return {f"{shown} {name}": (call(b), flops) for name, b in backends.items()}
 
 
@@ -131,7 +131,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--calibration_images", default=str(BCCD_IMAGES))
     parser.add_argument("--variants", nargs="+", default=["lightweight", "flexible"],
-                        help="benchmarks/peers/ours.py variants (flexible: the two-stage preset)")
+                        help="benchmarks/peers/ours.py variants (flexible: the two-stage preset; flexible-lite: "
+                             "it on the flexible-lite encoder)")
     parser.add_argument("--calibration_count", type=int, default=64, help="calibration images used")
     parser.add_argument("--work", default="outputs/deploy_latency_work", help="models and their exports (reused)")
     parser.add_argument("--no_peers", action="store_true")

@@ -122,3 +122,27 @@ def test_two_stage_preset_is_the_benchmarked_cpu_recipe(tmp_path):
         (3.5e-4, 3.5e-4, 4, variant["overrides"]["image_size"])] * 2
     assert bench.model.two_stage and bench.model.dn_queries == 100 and bench.model.dino_model == "flexible-tiny"
     assert bench.model.backbone_weights == "random" and not bench.model.pretrained
+
+
+def test_two_stage_lite_is_two_stage_on_the_lite_encoder_at_a_quarter_of_the_flops():
+    """`two-stage-lite` changes only the encoder and the two settings it needs (its stem's stride-8 map as
+    the finest level, one feature layer), and its 512² forward costs under 30 % of `two-stage`'s FLOPs."""
+    import dataclasses
+
+    from benchmarks.flops import count_flops
+    from dino_detector.models.detector import ObjectDetector
+
+    lite, full = (build_config(p, pretrained=False) for p in ("two-stage-lite", "two-stage"))
+    changed = {f.name for f in dataclasses.fields(full.model)
+               if getattr(lite.model, f.name) != getattr(full.model, f.name)}
+    assert changed == {"dino_model", "fine_level", "backbone_feature_layers"}
+    assert (lite.model.dino_model, lite.model.fine_level, lite.model.backbone_feature_layers) == ("flexible-lite", "stem", 1)
+    assert lite.train == full.train and lite.loss == full.loss and lite.data == full.data
+    image = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(0))
+    flops = {}
+    for name, cfg in (("lite", lite), ("full", full)):
+        torch.manual_seed(0)
+        model = ObjectDetector(num_classes=3, config=cfg.model).eval()
+        with torch.no_grad():
+            flops[name] = count_flops(lambda: model(image))
+    assert flops["lite"] < 0.3 * flops["full"]

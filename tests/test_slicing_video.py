@@ -77,6 +77,45 @@ def test_python_api_slices_and_merges(large_image):
         SliceSettings(640, overlap=1.0)
 
 
+class TileShifted(RedBlobs):
+    """RedBlobs that scores its whole-image boxes 0.6 and its tile boxes 0.9, shifted 6 px to the right: the
+    overconfident, slightly wrong second look of a tile at an object the whole image already shows."""
+
+    def __init__(self, whole_hw):
+        super().__init__()
+        self.whole_hw = tuple(whole_hw)
+
+    def detect(self, images, orig_sizes, *, threshold=0.5, top_k=100):
+        out = super().detect(images, orig_sizes, threshold=threshold, top_k=top_k)
+        for det, size in zip(out, orig_sizes):
+            if tuple(size) == self.whole_hw:
+                det["scores"] = torch.full_like(det["scores"], 0.6)
+            else:
+                det["boxes"] = det["boxes"] + torch.tensor([6.0, 0.0, 6.0, 0.0])
+        return out
+
+
+def test_objects_the_whole_image_shows_are_taken_from_it(large_image):
+    """prefer_whole (the default): the 300-px square keeps the whole image's box and score, the dot only the
+    tiles see is added; merged alike, NMS keeps the tile's higher-scored, shifted box instead."""
+    image = large_image.clone()
+    image[:, 600:900, 600:900] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
+    settings = SliceSettings(640, overlap=0.2)
+    preferred = sliced_detect(TileShifted(image.shape[-2:]), image, settings)
+    merged = sliced_detect(TileShifted(image.shape[-2:]), image, SliceSettings(640, overlap=0.2, prefer_whole=False))
+    for found in (preferred, merged):
+        assert len(found["scores"]) == 2  # the square once, the dot once
+    square = [i for i, b in enumerate(preferred["boxes"]) if b[2] - b[0] > 200]
+    assert len(square) == 1 and preferred["scores"][square[0]] == pytest.approx(0.6)
+    torch.testing.assert_close(preferred["boxes"][square[0]], torch.tensor([600.0, 600.0, 900.0, 900.0]),
+                               atol=10.0, rtol=0)  # the whole image's box: 10-px cells at its 0.1 scale
+    dot = 1 - square[0]
+    assert preferred["scores"][dot] == pytest.approx(0.9)  # from the tiles
+    torch.testing.assert_close(preferred["boxes"][dot], torch.tensor([2506.0, 1700.0, 2530.0, 1724.0]),
+                               atol=3.0, rtol=0)
+    assert sorted(merged["scores"].tolist()) == pytest.approx([0.9, 0.9])  # the square's tile box won
+
+
 def write_clip(path, seconds: int = 3, fps: int = 10, size=(160, 120)) -> int:
     """A clip of a square moving across a BCCD-like pink background; returns the frame count."""
     with av.open(str(path), "w") as container:

@@ -64,6 +64,11 @@ VARIANTS: dict[str, dict] = {
     # 248 steps against 0.314 after 255 (BENCHMARKS.md, issue 9)
     "flexible": {"preset": "two-stage",
                  "overrides": {"image_size": 384, "num_queries": 50}, "eval_every": 8},
+    # the `two-stage-lite` preset (the two-stage recipe on the flexible-lite encoder): 3.5 GFLOP at 512²
+    # against 14.3, for CPU deployment (BENCHMARKS.md, issue 24); opt-in, speed only (its accuracy:
+    # benchmarks/lite_bccd.sh)
+    "flexible-lite": {"preset": "two-stage-lite", "speed_only": True, "opt_in": True,
+                      "overrides": {"image_size": 384, "num_queries": 50}},
 }
 
 

@@ -46,6 +46,7 @@ class AnalyzeSettings(Settings):
     slice_overlap: float = 0.2  # --slice: fraction of a tile side that neighbouring tiles share
     slice_merge: Literal["nms", "nmm"] = "nms"  # --slice: merge by non-maximum suppression or merging
     slice_match: Literal["iou", "ios"] = "iou"  # --slice: overlap of two boxes: IoU, or intersection over the smaller one
+    slice_prefer_whole: bool = True  # --slice: objects the whole image shows are taken from it; tiles add the rest
     score_threshold: float = 0.5  # score cut-off of precision / recall / F1 and the confusion matrix
     compare: Optional[list[str]] = None  # COCO results files to compare on --annotations
     labels: Optional[list[str]] = None  # a name per --compare file (default: the file names)
@@ -159,11 +160,8 @@ def _run_eval(args):
     if not (args.model_path and annotations):
         raise UsageError("--run_eval needs --model_path and --val_annotations (and --val_images for COCO JSON), "
                          "or --data with the dataset's folder")
-    from .deploy.slicing import SliceSettings
-    if args.slice < 0:
-        raise ValueError(f"slice must be 0 (off) or a tile size in pixels, got {args.slice}")
-    slicing = SliceSettings(args.slice, args.slice_overlap, args.slice_merge, match=args.slice_match) \
-        if args.slice else None
+    from .deploy.slicing import slicing_from_flags
+    slicing = slicing_from_flags(args)
     ev = evaluate_model(args.model_path, images=images, annotations=annotations, data_format=args.data_format,
                         score_threshold=args.score_threshold, batch_size=args.batch_size, device=args.device,
                         weights=args.weights, backend=args.backend, int8=args.int8,

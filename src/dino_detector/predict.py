@@ -35,6 +35,7 @@ class PredictSettings(Settings):
     slice_overlap: float = 0.2  # --slice: fraction of a tile side that neighbouring tiles share
     slice_merge: Literal["nms", "nmm"] = "nms"  # --slice: merge by non-maximum suppression or merging
     slice_match: Literal["iou", "ios"] = "iou"  # --slice: overlap of two boxes: IoU, or intersection over the smaller one
+    slice_prefer_whole: bool = True  # --slice: objects the whole image shows are taken from it; tiles add the rest
     weights: Literal["auto", "raw", "ema"] = "auto"  # a checkpoint's weights; auto: the deployable ones (EMA if kept)
     output_dir: str = "outputs/predict"  # folder for predictions.json, images.json and drawn/
     threshold: float = 0.5  # keep detections scoring above this
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 def open_settings_backend(args):
     """(backend, slice settings or None) of the predict settings; ValueErrors name the flag."""
     from .deploy.loader import open_backend
-    from .deploy.slicing import SliceSettings
+    from .deploy.slicing import slicing_from_flags
     from .models.detector import check_prediction_settings
 
     check_prediction_settings(args.threshold, args.top_k)
@@ -72,11 +73,7 @@ def open_settings_backend(args):
         raise ValueError(f"batch_size must be at least 1, got {args.batch_size}")
     if args.compile and args.backend != "torch":
         raise ValueError(f"--compile applies to the torch backend; the {args.backend} graph is optimised by its runtime")
-    if args.slice < 0:
-        raise ValueError(f"slice must be 0 (off) or a tile size in pixels, got {args.slice}")
-    slicing = SliceSettings(args.slice, args.slice_overlap, args.slice_merge, match=args.slice_match,
-                            batch_size=args.batch_size) \
-        if args.slice else None
+    slicing = slicing_from_flags(args, batch_size=args.batch_size)
     backend = open_backend(args.checkpoint, args.backend, weights=args.weights, device=args.device, int8=args.int8,
                            calibration_images=args.calibration_images, top_k=args.top_k, compile_model=args.compile,
                            int8_method=args.int8_method)

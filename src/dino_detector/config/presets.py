@@ -52,3 +52,9 @@ PRESETS: dict[str, dict] = {
         "batch_size": 4, "lr": 3.5e-4,
     },
 }
+# the two-stage recipe on the flexible-lite encoder, for CPU deployment: its blocks attend on the stride-32
+# grid (a quarter of the tokens) behind a patchify stem, the stem's stride-8 map is the finest level and
+# one feature layer feeds the pyramid: 3.5 GFLOP at 512² against 14.3, about half the OpenVINO latency;
+# BCCD AP after 12 CPU minutes within a seed's spread of two-stage's (BENCHMARKS.md, issue 24)
+PRESETS["two-stage-lite"] = {**PRESETS["two-stage"], "dino_model": "flexible-lite", "fine_level": "stem",
+                             "backbone_feature_layers": 1}

@@ -24,10 +24,12 @@ class DeployedDetector:
         return self.backend.category_ids
 
     def predict(self, images, threshold: float = 0.5, top_k: int = 100, color: str = "rgb",
-                slice_size: int | None = None, slice_overlap: float = 0.2, slice_merge: str = "nms"):
+                slice_size: int | None = None, slice_overlap: float = 0.2, slice_merge: str = "nms",
+                slice_prefer_whole: bool = True):
         """Detect objects in a path, PIL image, array, tensor, or a list of those (the inputs of
         ``ObjectDetector.predict``). ``slice_size``: sliced inference with tiles of that many pixels
-        overlapping by ``slice_overlap`` of a side, merged by ``slice_merge`` ("nms" or "nmm").
+        overlapping by ``slice_overlap`` of a side, merged by ``slice_merge`` ("nms" or "nmm"); with
+        ``slice_prefer_whole`` the objects the whole image shows are taken from it (deploy/slicing.py).
         Returns a ``Prediction`` per image (a list for a list input)."""
         from ..data.images import to_tensor_image
         from ..data.transforms import resize_for_inference
@@ -36,7 +38,7 @@ class DeployedDetector:
         from .slicing import sliced_detect
 
         check_prediction_settings(threshold, top_k)
-        slicing = SliceSettings(slice_size, slice_overlap, slice_merge) if slice_size else None
+        slicing = SliceSettings(slice_size, slice_overlap, slice_merge, prefer_whole=slice_prefer_whole) if slice_size else None
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         tensors = [to_tensor_image(item, color) for item in items]
