@@ -1,7 +1,7 @@
 """Deployment backends: onnxruntime and OpenVINO reproduce the torch backend's detections on BCCD val images
-(boxes within 1e-3 of the image size, same classes, scores within 1e-4) for the tiny, lightweight and
-two-stage architectures; exported files are cached beside the checkpoint and remade when it changes; INT8
-graphs are quantised and stay close to fp32; wrong choices are one-line errors."""
+(boxes within 1e-3 of the image size, same classes, scores within 1e-4) for the tiny, lightweight,
+two-stage and two-stage-lite architectures; exported files are cached beside the checkpoint and remade
+when it changes; INT8 graphs are quantised and stay close to fp32; wrong choices are one-line errors."""
 from __future__ import annotations
 
 import gc
@@ -27,7 +27,8 @@ SCORE_SPREAD = 4.0  # class-head weights x this
 
 
 RECIPES = {"tiny": ("standard", {"dino_model": "tiny"}), "lightweight": ("lightweight", {}),
-           "two-stage": ("two-stage", {})}  # the tiny ViT (make demo's model) and two presets
+           "two-stage": ("two-stage", {}), "two-stage-lite": ("two-stage-lite", {})}
+# the tiny ViT (make demo's model) and three presets
 
 
 def preset_model(recipe: str):
@@ -69,7 +70,7 @@ def assert_same_detections(want: dict, got: dict, side: int, first: int = 70) ->
         assert close.any(), f"no match for {box.tolist()} {float(score):.5f} class {int(cid)}"
 
 
-@pytest.mark.parametrize("preset", ["tiny", "lightweight", "two-stage"])
+@pytest.mark.parametrize("preset", ["tiny", "lightweight", "two-stage", "two-stage-lite"])
 def test_graph_backends_reproduce_torch(preset, val_images, tmp_path):
     model = preset_model(preset)
     folder = tmp_path / preset
