@@ -46,6 +46,8 @@ FAMILY_DEFAULTS = {
     "dinov3": dict(patch_size=16, image_size=224, num_register_tokens=4, layerscale_value=1.0,
                    key_bias=False, layer_norm_eps=1e-5, rope_theta=100.0, pos_embed_rescale=2.0),
 }
+
+
 class FlexibleArch(NamedTuple):
     """Our flexible encoder's shape (flexible.py). ``c1`` / ``c2``: stem widths at strides 2-4 and 8;
     ``block_stride``: the grid the ViT blocks attend on (16, or 32 for 4x fewer tokens: the ``lite``

@@ -38,7 +38,8 @@ class DeployedDetector:
         from .slicing import sliced_detect
 
         check_prediction_settings(threshold, top_k)
-        slicing = SliceSettings(slice_size, slice_overlap, slice_merge, prefer_whole=slice_prefer_whole) if slice_size else None
+        slicing = (SliceSettings(slice_size, slice_overlap, slice_merge, prefer_whole=slice_prefer_whole)
+                   if slice_size else None)
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         tensors = [to_tensor_image(item, color) for item in items]
