@@ -6,8 +6,9 @@
 One process, batch 1, ``--side``² RGB input, every callable warmed up (3 calls), then ``--repeats`` rounds in
 which each callable runs once, in turn (machine drift cancels); median and p90 per callable. Ours: the
 ``lightweight`` and ``two-stage`` architectures (random weights: latency does not depend on them) through
-``torch`` (eager), ``onnxruntime``, ``openvino`` and ``openvino`` / ``onnxruntime`` INT8 (quantised on
-``--calibration_images``, default the BCCD JPEGs), each call ``backend.detect`` with post-processing to the
+``torch`` (eager), ``onnxruntime``, ``openvino`` (after its warm-up, the graph compiled for the one input
+shape; ``openvino dynamic shapes``: the exported graph as it is) and ``openvino`` / ``onnxruntime`` INT8
+(quantised on ``--calibration_images``, default the BCCD JPEGs), each call ``backend.detect`` with post-processing to the
 top 100. Peers: YOLOv8n (3 classes, fused) exported by Ultralytics itself (``export(format="openvino")``,
 run by OpenVINO, plus its ``non_max_suppression`` as its predictor does) and eager; rfdetr-small through
 its traced ``export()`` path and eager. GFLOP/s: FLOPs of one eager forward (benchmarks/flops.py) over
@@ -52,7 +53,11 @@ def ours(variant: str, side: int, calibration: str, work: Path) -> dict:
                 "onnxruntime": open_backend(folder, "onnxruntime"),
                 "onnxruntime int8": open_backend(folder, "onnxruntime", int8=True, calibration_images=calibration),
                 "openvino": open_backend(folder, "openvino"),
+                "openvino dynamic shapes": open_backend(folder, "openvino"),
                 "openvino int8": open_backend(folder, "openvino", int8=True, calibration_images=calibration)}
+
+    backends["openvino dynamic shapes"].static_shapes = 0  # the graph as exported: no one-shape compile
+    # (the "openvino" backend compiles the 512² graph on the warm-up's second call: deploy/backends.py)
 
     def call(backend):
         return lambda: backend.detect([image], [(side, side)], threshold=0.0, top_k=100)

@@ -81,6 +81,10 @@ def test_graph_backends_reproduce_torch(preset, val_images, tmp_path):
     for name in ("onnxruntime", "openvino"):
         backend = open_backend(folder, name)
         got = detect(backend, val_images)
+        if name == "openvino":  # each input shape's second call runs a graph compiled for that shape alone
+            assert not backend.static
+            got = detect(backend, val_images)
+            assert len(backend.static) == 2  # [3, 3, 240, 320] and the crop's [1, 3, 213, 320]
         for want_image, got_image, image in zip(reference[0], got, val_images):
             assert_same_detections(want_image, got_image, max(image.shape[-2:]))
         # a threshold and a smaller top_k cut the same detections as the torch path's post-processing
@@ -134,6 +138,9 @@ def test_int8_graph_is_quantised_and_close_to_fp32(name, bccd, val_images, tiny_
     for x, y in zip(a, b):
         assert np.isfinite(y["scores"].numpy()).all()
         assert (x["scores"] - y["scores"]).abs().max() < 0.15  # INT8 moves the scores of this random model a little
+    if name == "openvino":  # quantised graphs stay dynamic (deploy/backends.py: static_model)
+        detect(int8, val_images[:2], top_k=10)
+        assert not int8.static
     assert open_backend(folder, name, int8=True).path == int8.path  # found again without calibration images
 
 

@@ -120,21 +120,61 @@ class OnnxRuntimeBackend(GraphBackend):
 
 
 class OpenVinoBackend(GraphBackend):
+    """The IR compiled for the CPU with dynamic batch and image sizes; an input shape that comes again gets a
+    graph compiled for it alone (``static_shapes`` of them at most, for the whole life of the backend).
+
+    Why: with every size known, OpenVINO folds all that depends only on the shape (position embeddings,
+    reference points, sampling normalisers, the reshapes around them) into constants and picks kernels for
+    the exact sizes: a two-stage-lite fp32 graph at 512² ran 1.7x faster (BENCHMARKS.md, issue 24). Video
+    frames, a camera, tiles and a folder of one camera's pictures repeat one shape. A shape compiles on its
+    second call, not its first, so a folder of all-different sizes never pays a compile (about 1 to 3 s).
+    Quantised graphs keep their dynamic shapes (``static_model``)."""
+
     name = "openvino"
 
-    def __init__(self, path: str | Path, *, num_threads: int = 0, graph_top_k: int = 100, **meta):
+    def __init__(self, path: str | Path, *, num_threads: int = 0, graph_top_k: int = 100, static_shapes: int = 4,
+                 **meta):
         import openvino as ov
         super().__init__(**meta)
         # f32 inference: OpenVINO would run fp32 graphs in bf16 on CPUs that have bf16 units, which changes the
         # detections; quantised (int8) graphs keep their int8 ops either way
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_NUM_THREADS": num_threads or torch.get_num_threads()}
-        with kept_signal_stack():  # the CPU plugin repoints the thread's signal stack (runtime/signals.py)
-            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
-        self.request = self.compiled.create_infer_request()
-        self.outputs = [self.compiled.output(n) for n in ("boxes", "scores", "category_ids")]
+        self.config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                       "INFERENCE_NUM_THREADS": num_threads or torch.get_num_threads()}
+        self.core = ov.Core()
         self.path, self.graph_top_k = Path(path), graph_top_k
+        if static_shapes < 0:
+            raise ValueError(f"static_shapes must be >= 0 (0: always the dynamic graph), got {static_shapes}")
+        self.static_shapes = 0 if self.int8 else static_shapes  # see static_model
+        self.compiled = self._compile(str(path))
+        self.request = self.compiled.create_infer_request()
+        self.calls: dict[tuple[int, ...], int] = {}  # input shape -> calls so far
+        self.static: dict[tuple[int, ...], object] = {}  # input shape -> its own infer request
+
+    def _compile(self, model):
+        with kept_signal_stack():  # the CPU plugin repoints the thread's signal stack (runtime/signals.py)
+            return self.core.compile_model(model, "CPU", self.config)
+
+    def _request(self, shape: tuple[int, ...]):
+        if shape in self.static:
+            return self.static[shape]
+        self.calls[shape] = self.calls.get(shape, 0) + 1
+        if self.calls[shape] < 2 or len(self.static) >= self.static_shapes:
+            return self.request
+        self.static[shape] = self._compile(static_model(self.core, self.path, shape)).create_infer_request()
+        log.info("openvino: compiled %s for input %s", self.path.name, "x".join(map(str, shape)))
+        return self.static[shape]
 
     def run_graph(self, images, orig_sizes):
-        result = self.request.infer({"images": images, "orig_sizes": orig_sizes})
-        return tuple(np.asarray(result[o]) for o in self.outputs)
+        request = self._request(tuple(images.shape))
+        result = request.infer({"images": images, "orig_sizes": orig_sizes})
+        return tuple(np.asarray(result[name]) for name in ("boxes", "scores", "category_ids"))
+
+
+def static_model(core, path: Path, shape: tuple[int, ...]):
+    """The IR at ``path`` with its inputs fixed to images ``shape`` [B, 3, H, W] (the CPU plugin then folds
+    what depends on the shape alone). Not for quantised graphs: with fixed shapes their FakeQuantize nodes on
+    the folded parts fail to compile (OpenVINO 2026.4), and with those dropped they ran no faster than with
+    dynamic shapes (BENCHMARKS.md, issue 24)."""
+    model = core.read_model(str(path))
+    model.reshape({"images": list(shape), "orig_sizes": [shape[0], 2]})
+    return model
