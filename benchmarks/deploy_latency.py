@@ -4,7 +4,8 @@
         [--calibration_images DIR] [--variants lightweight two-stage] [--no_peers]
 
 One process, batch 1, ``--side``² RGB input, every callable warmed up (3 calls), then ``--repeats`` rounds in
-which each callable runs once, in turn (machine drift cancels); median and p90 per callable. Ours: the
+which each callable runs twice, in turn, the second call timed (machine drift cancels; the first absorbs the
+previous runtime's spinning threads: ``interleaved``); median and p90 per callable. Ours: the
 ``lightweight`` and ``two-stage`` architectures (random weights: latency does not depend on them) through
 ``torch`` (eager), ``onnxruntime``, ``openvino`` (after its warm-up, the graph compiled for the one input
 shape; ``openvino dynamic shapes``: the exported graph as it is) and ``openvino`` / ``onnxruntime`` INT8
@@ -110,13 +111,19 @@ def rfdetr(side: int) -> dict:
     return {"rfdetr-small torch": (eager, flops), "rfdetr-small traced export()": (traced, flops)}
 
 
-def interleaved(calls: dict, repeats: int, warmup: int = 3) -> dict:
+def interleaved(calls: dict, repeats: int, warmup: int = 3, settle: int = 1) -> dict:
+    """``settle`` untimed calls of a callable before each of its timed ones: the runtime that ran just before
+    leaves its worker threads spinning for a while (onnxruntime's intra-op pool, OpenMP), and the next
+    runtime's call shares the 2 cores with them (an OpenVINO call right after an onnxruntime one measured
+    66.6 ms against 49.6 alone)."""
     for fn, _ in calls.values():
         for _ in range(warmup):
             fn()
     times = {k: [] for k in calls}
     for _ in range(repeats):
         for name, (fn, _) in calls.items():
+            for _ in range(settle):
+                fn()
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)

@@ -1,7 +1,8 @@
 """Deployment backends: onnxruntime and OpenVINO reproduce the torch backend's detections on BCCD val images
 (boxes within 1e-3 of the image size, same classes, scores within 1e-4) for the tiny, lightweight,
-two-stage and two-stage-lite architectures; exported files are cached beside the checkpoint and remade
-when it changes; INT8 graphs are quantised and stay close to fp32; wrong choices are one-line errors."""
+two-stage and two-stage-lite architectures, OpenVINO also through the graph it compiles for a repeated input
+shape; exported files are cached beside the checkpoint and remade when it changes; INT8 graphs are quantised
+and stay close to fp32; wrong choices are one-line errors."""
 from __future__ import annotations
 
 import gc
@@ -17,7 +18,7 @@ from conftest import perturb_head_
 from dino_detector.data.images import load_image, to_tensor_image
 from dino_detector.data.transforms import Resize, resize_for_inference
 from dino_detector.deploy.artifacts import artifact_path
-from dino_detector.deploy.backends import TorchBackend
+from dino_detector.deploy.backends import OpenVinoBackend, TorchBackend
 from dino_detector.deploy.loader import open_backend
 from dino_detector.runtime.signals import signal_stack
 
@@ -152,6 +153,24 @@ def test_wrong_choices_are_value_errors(tiny_folder):
     backend = open_backend(tiny_folder, "onnxruntime")
     with pytest.raises(ValueError, match="top_k"):
         backend.detect([torch.rand(3, 64, 64)], [(64, 64)], top_k=101)
+
+
+def test_openvino_compiles_a_shape_on_its_second_call_and_at_most_static_shapes_of_them(tiny_folder, val_images):
+    backend = open_backend(tiny_folder, "openvino")
+    backend.static_shapes = 1
+    first = detect(backend, val_images[:1])
+    assert not backend.static  # a shape seen once runs the dynamic graph
+    again = detect(backend, val_images[:1])
+    assert list(backend.static) == [(1, 3, 240, 320)]  # 640 x 480 resized to 320 px
+    assert_same_detections(first[0], again[0], 640, first=len(first[0]["scores"]))
+    crop = [val_images[0][:, :200, :300]]
+    detect(backend, crop)
+    detect(backend, crop)
+    assert list(backend.static) == [(1, 3, 240, 320)]  # the limit reached: the second shape stays dynamic
+    meta = dict(resize=backend.resize, category_ids=backend.category_ids, class_names=backend.class_names,
+                weights="raw")
+    with pytest.raises(ValueError, match="static_shapes"):
+        OpenVinoBackend(backend.path, static_shapes=-1, **meta)
 
 
 def test_openvino_leaves_the_threads_signal_stack_and_a_later_sigterm_is_handled(tiny_folder):

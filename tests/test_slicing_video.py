@@ -96,13 +96,12 @@ class TileShifted(RedBlobs):
 
 
 def test_objects_the_whole_image_shows_are_taken_from_it(large_image):
-    """prefer_whole (the default): the 300-px square keeps the whole image's box and score, the dot only the
+    """prefer_whole: the 300-px square keeps the whole image's box and score, the dot only the
     tiles see is added; merged alike, NMS keeps the tile's higher-scored, shifted box instead."""
     image = large_image.clone()
     image[:, 600:900, 600:900] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
-    settings = SliceSettings(640, overlap=0.2)
-    preferred = sliced_detect(TileShifted(image.shape[-2:]), image, settings)
-    merged = sliced_detect(TileShifted(image.shape[-2:]), image, SliceSettings(640, overlap=0.2, prefer_whole=False))
+    preferred = sliced_detect(TileShifted(image.shape[-2:]), image, SliceSettings(640, overlap=0.2, prefer_whole=True))
+    merged = sliced_detect(TileShifted(image.shape[-2:]), image, SliceSettings(640, overlap=0.2))  # the default
     for found in (preferred, merged):
         assert len(found["scores"]) == 2  # the square once, the dot once
     square = [i for i, b in enumerate(preferred["boxes"]) if b[2] - b[0] > 200]

@@ -46,7 +46,7 @@ class AnalyzeSettings(Settings):
     slice_overlap: float = 0.2  # --slice: fraction of a tile side that neighbouring tiles share
     slice_merge: Literal["nms", "nmm"] = "nms"  # --slice: merge by non-maximum suppression or merging
     slice_match: Literal["iou", "ios"] = "iou"  # --slice: overlap of two boxes: IoU, or intersection over the smaller one
-    slice_prefer_whole: bool = True  # --slice: objects the whole image shows are taken from it; tiles add the rest
+    slice_prefer_whole: bool = False  # --slice: objects the whole image shows are taken from it; tiles add the rest
     score_threshold: float = 0.5  # score cut-off of precision / recall / F1 and the confusion matrix
     compare: Optional[list[str]] = None  # COCO results files to compare on --annotations
     labels: Optional[list[str]] = None  # a name per --compare file (default: the file names)

@@ -35,7 +35,7 @@ class PredictSettings(Settings):
     slice_overlap: float = 0.2  # --slice: fraction of a tile side that neighbouring tiles share
     slice_merge: Literal["nms", "nmm"] = "nms"  # --slice: merge by non-maximum suppression or merging
     slice_match: Literal["iou", "ios"] = "iou"  # --slice: overlap of two boxes: IoU, or intersection over the smaller one
-    slice_prefer_whole: bool = True  # --slice: objects the whole image shows are taken from it; tiles add the rest
+    slice_prefer_whole: bool = False  # --slice: objects the whole image shows are taken from it; tiles add the rest
     weights: Literal["auto", "raw", "ema"] = "auto"  # a checkpoint's weights; auto: the deployable ones (EMA if kept)
     output_dir: str = "outputs/predict"  # folder for predictions.json, images.json and drawn/
     threshold: float = 0.5  # keep detections scoring above this

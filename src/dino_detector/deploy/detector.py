@@ -25,7 +25,7 @@ class DeployedDetector:
 
     def predict(self, images, threshold: float = 0.5, top_k: int = 100, color: str = "rgb",
                 slice_size: int | None = None, slice_overlap: float = 0.2, slice_merge: str = "nms",
-                slice_prefer_whole: bool = True):
+                slice_prefer_whole: bool = False):
         """Detect objects in a path, PIL image, array, tensor, or a list of those (the inputs of
         ``ObjectDetector.predict``). ``slice_size``: sliced inference with tiles of that many pixels
         overlapping by ``slice_overlap`` of a side, merged by ``slice_merge`` ("nms" or "nmm"); with

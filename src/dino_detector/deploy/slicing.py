@@ -5,12 +5,15 @@ and bottom edges are shifted inwards, so every tile is full size); each tile is 
 sizes like any image, so a platelet of 20 px in a 4000 x 3000 picture is seen at the scale training saw.
 Tiles run through the backend in batches and their boxes are merged per class by supervision: non-maximum
 suppression (``nms``) or non-maximum merging (``nmm``, boxes of one object fused into their enclosing box,
-score of the best). The whole image runs once more (for the objects larger than a tile). By default
-(``prefer_whole``) an object the whole image already shows is taken from it, and the tiles only add the
-objects it lacks: where the whole image shows objects at the scale the model was trained at, a tile's second
-look at one is a near-duplicate with its own score, and NMS lets whichever scores higher replace the whole
-image's box (BCCD, a 384-px model, 480-px tiles: APs 0.293 without tiles, 0.243 merged by NMS, 0.282 with
-the whole image preferred; BENCHMARKS.md). Without it, all boxes are merged alike.
+score of the best). The whole image runs once more (for the objects larger than a tile) and its boxes join
+the merge. With ``prefer_whole`` an object the whole image already shows is taken from it instead, and the
+tiles only add the objects it lacks.
+
+Slicing pays when the model knows objects at the tiles' scale, i.e. was trained on crops as large as the
+tiles (SAHI's slicing-aided fine-tuning; here ``--crop_prob``): on BCCD, a 384-px two-stage model fine-tuned
+8 minutes with crops gains APs 0.277 -> 0.349 from 480-px tiles merged by NMS, while preferring the whole
+image's boxes keeps its weaker small-object boxes (0.233). A model that never saw crops finds tile-scale
+objects poorly, and there preferring the whole image loses less (BENCHMARKS.md, issue 24).
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ class SliceSettings:
     drop_cut: bool = True
     # with full_image: keep the whole image's detections and add a tile's only where none of the same class
     # overlaps it by more than match_threshold (see the module docstring); False: merge all boxes alike
-    prefer_whole: bool = True
+    prefer_whole: bool = False
 
     def __post_init__(self):
         if self.size < 32:
