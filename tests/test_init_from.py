@@ -96,3 +96,29 @@ def test_a_class_agnostic_source_gives_every_new_class_its_objectness_row(tmp_pa
             # (a 3-column matmul rounds unlike a 1-column one in the last bits)
             torch.testing.assert_close(b["pred_logits"], a["pred_logits"].expand_as(b["pred_logits"]))
     assert caplog.text.count("start from its objectness row") == 1
+
+
+def test_a_training_run_folder_stands_for_its_best_checkpoint_else_its_final_one(trained_bccd, tmp_path):
+    """Wherever a model is asked for (from_pretrained, open_backend, --init_from), a run's output_dir
+    works: its dino_detector_best.pth, else dino_detector_final.pth."""
+    import shutil
+
+    import pytest
+
+    from dino_detector.deploy.loader import open_backend
+    from dino_detector.models.persistence import model_path, saved_model_config
+    from dino_detector.models.transfer import load_source
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(trained_bccd / "dino_detector_final.pth", run)
+    assert model_path(run) == run / "dino_detector_final.pth"
+    want = ObjectDetector.from_checkpoint(run / "dino_detector_final.pth").state_dict()
+    got = ObjectDetector.from_pretrained(run).state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert open_backend(run, "torch").class_names == saved_model_config(run).class_names == ["Platelets", "RBC", "WBC"]
+    assert set(load_source(run)[0]) == set(want)
+    shutil.copy(trained_bccd / "dino_detector_final.pth", run / "dino_detector_best.pth")
+    assert model_path(run) == run / "dino_detector_best.pth"  # the run's shipped checkpoint first
+    with pytest.raises(FileNotFoundError, match="training run's folder"):
+        ObjectDetector.from_pretrained(tmp_path / "empty")

@@ -31,7 +31,7 @@ class AnalyzeSettings(Settings):
     num_visualizations: int = 10  # images to draw
     confidence_threshold: float = 0.5  # score of the drawn boxes and the class counts
     run_eval: bool = False  # evaluate --model_path on --val_images / --val_annotations
-    model_path: Optional[str] = None  # a checkpoint (dino_detector_*.pth) or save_pretrained folder
+    model_path: Optional[str] = None  # a checkpoint (dino_detector_*.pth), save_pretrained folder or run's folder (its best)
     weights: Literal["auto", "raw", "ema"] = "auto"  # a checkpoint's weights; auto: the deployable ones (EMA if kept)
     data: Optional[str] = None  # --run_eval: a dataset folder (as train --data); its validation split, else its test split
     val_images: Optional[str] = None  # --run_eval: the validation images

@@ -28,7 +28,7 @@ from .config import Settings
 
 @dataclass(frozen=True)
 class ExportSettings(Settings):
-    checkpoint: str  # dino_detector_*.pth checkpoint or save_pretrained folder
+    checkpoint: str  # dino_detector_*.pth checkpoint, save_pretrained folder, or a run's folder (its best checkpoint)
     weights: Literal["auto", "raw", "ema"] = "auto"  # a checkpoint's weights; auto: the deployable ones (EMA if kept)
     format: Literal["onnx", "openvino", "pretrained"] = "onnx"  # onnx: ONNX checked with onnxruntime; openvino: IR; pretrained: a folder
     output: Optional[str] = None  # the file (default model.onnx, model.xml, model_int8.*) or folder (pretrained_model)
@@ -109,9 +109,9 @@ def _export_pretrained(args: ExportSettings, output: str) -> int:
     from pathlib import Path
 
     from .models.detector import ObjectDetector
-    from .models.persistence import load_detector_checkpoint
+    from .models.persistence import load_detector_checkpoint, model_path
 
-    checkpoint = Path(args.checkpoint)
+    checkpoint = model_path(args.checkpoint)
     if checkpoint.is_dir():
         raise ValueError(f"{checkpoint} is already a folder; --format pretrained converts a checkpoint file")
     ckpt = load_detector_checkpoint(checkpoint)

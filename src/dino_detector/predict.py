@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PredictSettings(Settings):
-    checkpoint: str  # dino_detector_*.pth checkpoint (dino_detector_best.pth: the run's best) or save_pretrained folder
+    checkpoint: str  # dino_detector_*.pth checkpoint, save_pretrained folder, or a run's folder (its dino_detector_best.pth)
     images: Optional[list[str]] = None  # image files and / or folders (searched recursively)
     video: Optional[str] = None  # a video file instead of --images: annotated video + detections per frame (JSON lines)
     backend: Literal["torch", "onnxruntime", "openvino"] = "torch"  # torch: eager PyTorch; else the exported graph on the CPU

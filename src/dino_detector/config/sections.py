@@ -119,7 +119,7 @@ class TrainConfig(Settings):
     """Optimisation, schedule, checkpoints, evaluation and logging."""
     output_dir: str = "outputs"  # folder for config.yaml, checkpoints, metrics and predictions
     checkpoint: Optional[str] = None  # resume from this checkpoint (or evaluate it with --only_evaluate)
-    init_from: Optional[str] = None  # fine-tune a trained detector (checkpoint or folder): matching tensors, fresh run
+    init_from: Optional[str] = None  # fine-tune a trained detector (checkpoint, save_pretrained or run folder): matching tensors, fresh run
     weights: Literal["auto", "raw", "ema"] = "auto"  # --only_evaluate / --init_from: which weights; auto: EMA if kept
     skip_checkpoint_load: bool = False  # ignore --checkpoint and start fresh
     only_evaluate: bool = False  # evaluate --checkpoint on the validation set, no training

@@ -85,7 +85,8 @@ INT8_METHODS = ("qdq", "nncf")
 def open_backend(checkpoint: str | Path, backend: str = "torch", *, weights: str = "auto", device: str = "cpu",
                  int8: bool = False, calibration_images: str | None = None, top_k: int = EXPORT_TOP_K,
                  compile_model: bool = False, num_threads: int = 0, int8_method: str = "qdq") -> Backend:
-    """The detector of ``checkpoint`` behind ``backend`` ("torch", "onnxruntime" or "openvino").
+    """The detector of ``checkpoint`` (a checkpoint file, a ``save_pretrained`` folder or a training run's
+    folder: its best checkpoint) behind ``backend`` ("torch", "onnxruntime" or "openvino").
 
     ``int8`` (onnxruntime / openvino): the quantised graph, made from ``calibration_images`` on first use;
     ``int8_method`` "qdq": onnxruntime's static quantisation, run by either backend (OpenVINO runs a QDQ
@@ -93,11 +94,12 @@ def open_backend(checkpoint: str | Path, backend: str = "torch", *, weights: str
     detections per image a call may ask for. Raises ValueError for a wrong choice and RuntimeError naming
     the extra to install when the backend's package is missing."""
     from ..models.detector import ObjectDetector
+    from ..models.persistence import model_path
     from ..runtime.device import resolve_device
     _check_backend(backend, int8)
     if int8_method not in INT8_METHODS or (int8_method == "nncf" and backend != "openvino"):
         raise ValueError(f"int8_method must be qdq, or nncf with the openvino backend; got {int8_method!r}")
-    checkpoint = Path(checkpoint)
+    checkpoint = model_path(checkpoint)  # a run's folder: its best checkpoint, and the exports beside it
     model = ObjectDetector.from_pretrained(checkpoint, weights)
     if backend == "torch":
         return TorchBackend(model, resolve_device(device), compile_model)

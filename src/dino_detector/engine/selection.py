@@ -8,7 +8,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BEST_FILE = "dino_detector_best.pth"
+from ..models.persistence import RUN_CHECKPOINTS
+
+BEST_FILE = RUN_CHECKPOINTS[0]  # dino_detector_best.pth, what a run's folder stands for when a model is asked for
 RESULTS_FILE = "results.csv"
 RESULT_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "precision", "recall", "f1")
 

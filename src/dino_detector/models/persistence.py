@@ -13,6 +13,7 @@ the top level) as well.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -22,8 +23,13 @@ from ..config import ModelConfig
 from ..data.transforms import Resize
 from ..runtime.checkpoint import load_checkpoint
 
+log = logging.getLogger(__name__)
+
 WEIGHTS = ("auto", "raw", "ema")
 WEIGHTS_FILE = "model.safetensors"  # a save_pretrained folder's one set of weights
+# what a training run's folder (its output_dir) stands for where a model is asked for: the checkpoint it
+# ships (best by the validation metric), else the one it ended with, else the one it would resume from
+RUN_CHECKPOINTS = ("dino_detector_best.pth", "dino_detector_final.pth", "dino_detector_last.pth")
 # settings that change the training, or are recorded, not the shapes: not reported as architecture differences
 NOT_ARCHITECTURE = {"pretrained", "dino_weights", "backbone_weights", "backbone_arch", "backbone_mode", "lora_dropout",
                     "dropout", "head_dropout", "aux_loss", "class_names", "category_ids", "soft_nms_sigma"}
@@ -110,10 +116,23 @@ def save_pretrained(model, directory: str | Path, metrics: dict | None = None, s
     (directory / "README.md").write_text(model_card(model, metrics, spec))
 
 
+def model_path(path: str | Path) -> Path:
+    """Where a model is: ``path`` itself (a checkpoint file or a ``save_pretrained`` folder), or, for a
+    training run's folder, its first checkpoint of ``RUN_CHECKPOINTS``."""
+    path = Path(path)
+    if path.is_dir() and not (path / "config.json").is_file():
+        for name in RUN_CHECKPOINTS:
+            if (path / name).is_file():
+                log.info("%s is a training run's folder: using its %s", path, name)
+                return path / name
+    return path
+
+
 def load_pretrained(cls, directory: str | Path, weights: str = "auto"):
-    """A ``save_pretrained`` folder (its one set of weights) or a checkpoint file (``weights``: auto, raw, ema)."""
+    """A ``save_pretrained`` folder (its one set of weights), a checkpoint file (``weights``: auto, raw, ema)
+    or a training run's folder (``model_path``)."""
     from safetensors.torch import load_file
-    directory = Path(directory)
+    directory = model_path(directory)
     if directory.is_file():
         return cls.from_checkpoint(directory, weights=weights)
     saved = saved_settings(directory)
@@ -125,19 +144,19 @@ def load_pretrained(cls, directory: str | Path, weights: str = "auto"):
 
 def weights_file(path: str | Path) -> Path:
     """The file that holds the weights of a checkpoint file (itself) or of a ``save_pretrained`` folder."""
-    path = Path(path)
+    path = model_path(path)
     return path if path.is_file() else path / WEIGHTS_FILE
 
 
 def saved_settings(path: str | Path) -> dict:
     """The saved settings (run specification or metadata) of a ``save_pretrained`` folder or a training
-    checkpoint file, without building the model."""
-    path = Path(path)
+    checkpoint file (or a training run's folder: ``model_path``), without building the model."""
+    path = model_path(path)
     if path.is_file():
         return checkpoint_settings(load_detector_checkpoint(path))
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is neither a save_pretrained folder (config.json + model.safetensors) "
-                                "nor a checkpoint file")
+        raise FileNotFoundError(f"{path} is neither a save_pretrained folder (config.json + model.safetensors), "
+                                f"a checkpoint file nor a training run's folder (with {' or '.join(RUN_CHECKPOINTS)})")
     return json.loads((path / "config.json").read_text())
 
 

@@ -50,10 +50,11 @@ class TransferReport:
 
 
 def load_source(path: str | Path, weights: str = "auto"):
-    """(state dict, class names, softmax) of a trained detector: a checkpoint file or a save_pretrained folder."""
-    from .persistence import (checkpoint_weights, load_detector_checkpoint, saved_model_settings, saved_settings,
-                              weights_file)
-    path = Path(path)
+    """(state dict, class names, softmax) of a trained detector: a checkpoint file, a save_pretrained folder or
+    a training run's folder (its best checkpoint, else its final one)."""
+    from .persistence import (checkpoint_weights, load_detector_checkpoint, model_path, saved_model_settings,
+                              saved_settings, weights_file)
+    path = model_path(path)
     if path.is_file():
         ckpt = load_detector_checkpoint(path)
         state, _ = checkpoint_weights(ckpt, weights, path)
