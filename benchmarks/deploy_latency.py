@@ -9,10 +9,10 @@ previous runtime's spinning threads: ``interleaved``); median and p90 per callab
 ``lightweight`` and ``two-stage`` architectures (random weights: latency does not depend on them) through
 ``torch`` (eager), ``onnxruntime``, ``openvino`` (after its warm-up, the graph compiled for the one input
 shape; ``openvino dynamic shapes``: the exported graph as it is) and ``openvino`` / ``onnxruntime`` INT8
-(quantised on ``--calibration_images``, default the BCCD JPEGs), each call ``backend.detect`` with post-processing to the
-top 100. Peers: YOLOv8n (3 classes, fused) exported by Ultralytics itself (``export(format="openvino")``,
-run by OpenVINO, plus its ``non_max_suppression`` as its predictor does) and eager; rfdetr-small through
-its traced ``export()`` path and eager. GFLOP/s: FLOPs of one eager forward (benchmarks/flops.py) over
+(quantised on ``--calibration_images``, default the BCCD JPEGs), each call ``backend.detect`` with
+post-processing to the top 100. Peers: YOLOv8n (3 classes, fused) exported by Ultralytics itself
+(``export(format="openvino")``, run by OpenVINO, plus its ``non_max_suppression`` as its predictor does) and
+eager; rfdetr-small through its traced ``export()`` path and eager. GFLOP/s: FLOPs of one eager forward (benchmarks/flops.py) over
 the median time. Threads: the core count (``BENCH_THREADS`` overrides).
 """
 from __future__ import annotations
@@ -56,9 +56,8 @@ def ours(variant: str, side: int, calibration: str, work: Path) -> dict:
                 "openvino": open_backend(folder, "openvino"),
                 "openvino dynamic shapes": open_backend(folder, "openvino"),
                 "openvino int8": open_backend(folder, "openvino", int8=True, calibration_images=calibration)}
-
-    backends["openvino dynamic shapes"].static_shapes = 0  # the graph as exported: no one-shape compile
-    # (the "openvino" backend compiles the 512² graph on the warm-up's second call: deploy/backends.py)
+    # "openvino" compiles the 512² graph on the warm-up's second call (deploy/backends.py); this one never does
+    backends["openvino dynamic shapes"].static_shapes = 0
 
     def call(backend):
         return lambda: backend.detect([image], [(side, side)], threshold=0.0, top_k=100)

@@ -125,7 +125,7 @@ class OpenVinoBackend(GraphBackend):
 
     Why: with every size known, OpenVINO folds all that depends only on the shape (position embeddings,
     reference points, sampling normalisers, the reshapes around them) into constants and picks kernels for
-    the exact sizes: a two-stage-lite fp32 graph at 512² ran 1.7x faster (BENCHMARKS.md, issue 24). Video
+    the exact sizes: a two-stage-lite fp32 graph at 512² ran 1.6x faster (BENCHMARKS.md, issue 24). Video
     frames, a camera, tiles and a folder of one camera's pictures repeat one shape. A shape compiles on its
     second call, not its first, so a folder of all-different sizes never pays a compile (about 1 to 3 s).
     Quantised graphs keep their dynamic shapes (``static_model``)."""
