@@ -181,7 +181,7 @@ def test_proposals_from_needs_proposals_and_a_detector(tmp_path):
 
     with pytest.raises(ValueError, match="add --proposals"):
         plan_run(build_config("standard", proposals_from=str(tmp_path), train_images=str(tmp_path)))
-    with pytest.raises(FileNotFoundError, match="run folder with dino_detector_final.pth"):
+    with pytest.raises(FileNotFoundError, match="run folder with dino_detector_best.pth or dino_detector_final.pth"):
         DetectorProposals(tmp_path)
     with pytest.raises(ValueError, match=r"proposals_min_score must be in \[0, 1\)"):
         DetectorProposals(tmp_path, min_score=1.0)

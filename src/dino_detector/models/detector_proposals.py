@@ -17,24 +17,21 @@ from tqdm import tqdm
 
 from ..data.download import file_md5
 from ..data.images import load_image
-from .persistence import weights_file
+from .persistence import RUN_CHECKPOINTS, model_path, weights_file
 
 METHOD = "detector/1"  # stored in the proposals file beside the detector's digest and the score threshold
-RUN_CHECKPOINT = "dino_detector_final.pth"  # what a run folder's detector is
 DUPLICATE_IOU = 0.7  # boxes of one object under two classes (a multi-class source) are one proposal
 BATCH = 4  # images per forward pass
 
 
 def detector_path(path: str | Path) -> Path:
     """The detector ``path`` names: a checkpoint file, a ``save_pretrained`` folder, or a run folder (its
-    ``dino_detector_final.pth``). FileNotFoundError saying which were looked for."""
-    path = Path(path)
-    if weights_file(path).is_file():
-        return path
-    if (path / RUN_CHECKPOINT).is_file():
-        return path / RUN_CHECKPOINT
+    checkpoint: ``persistence.model_path``). FileNotFoundError saying which were looked for."""
+    resolved = model_path(path)
+    if weights_file(resolved).is_file():
+        return resolved
     raise FileNotFoundError(f"--proposals_from {path}: not a detector checkpoint, a save_pretrained folder "
-                            f"(model.safetensors) or a run folder with {RUN_CHECKPOINT}")
+                            f"(model.safetensors) or a run folder with {' or '.join(RUN_CHECKPOINTS)}")
 
 
 class DetectorProposals:
