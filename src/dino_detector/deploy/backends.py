@@ -145,8 +145,7 @@ class OpenVinoBackend(GraphBackend):
         if static_shapes < 0:
             raise ValueError(f"static_shapes must be >= 0 (0: always the dynamic graph), got {static_shapes}")
         self.static_shapes = 0 if self.int8 else static_shapes  # see static_model
-        self.compiled = self._compile(str(path))
-        self.request = self.compiled.create_infer_request()
+        self.request = self._compile(str(path)).create_infer_request()  # the dynamic graph
         self.calls: dict[tuple[int, ...], int] = {}  # input shape -> calls so far
         self.static: dict[tuple[int, ...], object] = {}  # input shape -> its own infer request
 

@@ -30,6 +30,7 @@ WEIGHTS_FILE = "model.safetensors"  # a save_pretrained folder's one set of weig
 # what a training run's folder (its output_dir) stands for where a model is asked for: the checkpoint it
 # ships (best by the validation metric), else the one it ended with, else the one it would resume from
 RUN_CHECKPOINTS = ("dino_detector_best.pth", "dino_detector_final.pth", "dino_detector_last.pth")
+_REPORTED: set[Path] = set()  # run folders' checkpoints model_path has named in the log
 # settings that change the training, or are recorded, not the shapes: not reported as architecture differences
 NOT_ARCHITECTURE = {"pretrained", "dino_weights", "backbone_weights", "backbone_arch", "backbone_mode", "lora_dropout",
                     "dropout", "head_dropout", "aux_loss", "class_names", "category_ids", "soft_nms_sigma"}
@@ -123,7 +124,9 @@ def model_path(path: str | Path) -> Path:
     if path.is_dir() and not (path / "config.json").is_file():
         for name in RUN_CHECKPOINTS:
             if (path / name).is_file():
-                log.info("%s is a training run's folder: using its %s", path, name)
+                if path / name not in _REPORTED:  # said once: one load resolves the folder several times
+                    _REPORTED.add(path / name)
+                    log.info("%s is a training run's folder: using its %s", path, name)
                 return path / name
     return path
 
